@@ -1,0 +1,32 @@
+# make setup : virtual environment with pinned dependencies + this package installed (ament index included)
+# make test  : the whole test suite (unit, ROS-over-DDS, integration with the real weights in ../shared)
+# make demo  : the monitor on real camera data (see README)
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+SHARED ?= ../shared
+TEST_ENV = OMP_NUM_THREADS=1 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST AMENT_PREFIX_PATH=$(abspath $(VENV)) SEMANOM_SHARED=$(abspath $(SHARED))
+
+.PHONY: setup install test test-fast demo bench clean
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@grep -q AMENT_PREFIX_PATH $(VENV)/bin/activate || \
+	  echo 'export AMENT_PREFIX_PATH="$$VIRTUAL_ENV$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"' >> $(VENV)/bin/activate
+	$(MAKE) install
+
+# Not editable: a real install puts data_files under $(VENV)/share and the executables under lib/semanom_ros.
+install:
+	$(PY) -m pip install --quiet --no-deps --force-reinstall .
+	@rm -rf build *.egg-info
+
+test: install
+	$(TEST_ENV) $(PY) -m pytest -q -rs test
+
+test-fast:
+	$(TEST_ENV) $(PY) -m pytest -q -m "not integration" test
+
+clean:
+	rm -rf build *.egg-info .pytest_cache

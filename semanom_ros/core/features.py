@@ -1,0 +1,245 @@
+"""DINOv2 feature extraction: an RGB frame in, an L2-normalised patch grid and CLS token out."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import ImageError, ModelError
+
+# Backbone families whose last hidden state is [CLS, registers..., patches...].
+_SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Features:
+    """Backbone output for one frame; rows are unit vectors (cosine similarity = dot product)."""
+
+    patches: np.ndarray  # (h, w, D) float32
+    cls: np.ndarray  # (D,) float32
+    image_size: tuple[int, int]  # (H, W) of the original frame
+    input_size: tuple[int, int]  # (H', W') fed to the backbone
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return self.patches.shape[0], self.patches.shape[1]
+
+
+def validate_rgb(image: object, min_side: int = 1) -> np.ndarray:
+    """Return ``image`` if it is an (H, W, 3) uint8 C-contiguous array, else raise ImageError."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"frame must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}")
+    if image.size == 0:
+        raise ImageError(f"frame is empty (shape {image.shape})")
+    if image.ndim == 2:
+        raise ImageError(
+            f"frame is single-channel {image.shape} (grayscale); convert it to RGB first, "
+            "e.g. cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)"
+        )
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ImageError(f"frame must have shape (H, W, 3), got {image.shape}")
+    if image.shape[2] == 4:
+        raise ImageError(
+            f"frame has 4 channels {image.shape} (RGBA); drop alpha first, e.g. cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)"
+        )
+    if image.shape[2] == 1:
+        raise ImageError(f"frame is single-channel {image.shape}; convert it to 3-channel RGB first")
+    if image.dtype != np.uint8:
+        raise ImageError(
+            f"frame dtype is {image.dtype}, expected uint8 (16-bit or float images must be scaled to 0..255 first)"
+        )
+    if not image.flags.c_contiguous:
+        raise ImageError(
+            "frame is not C-contiguous (a slice, a transposed or flipped view such as img[..., ::-1]); "
+            "pass np.ascontiguousarray(frame)"
+        )
+    if min(image.shape[0], image.shape[1]) < min_side:
+        raise ImageError(
+            f"frame {image.shape[1]}x{image.shape[0]} is smaller than one {min_side}-pixel patch; "
+            "such a frame carries no usable content"
+        )
+    return image
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available; use device 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def _load_backbone(model: str):
+    from transformers import AutoConfig, AutoModel
+
+    path = Path(model).expanduser()
+    looks_like_path = model.startswith((".", "/", "~")) or path.exists()
+    if looks_like_path and not (path / "config.json").is_file():
+        raise ModelError(
+            f"model folder {path} has no config.json; point 'model' at a folder written by "
+            "save_pretrained (e.g. ../shared/models/dinov2-small) or at a hub id such as facebook/dinov2-small"
+        )
+    source = str(path) if looks_like_path else model
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:  # transformers raises OSError/ValueError/EnvironmentError variants
+        raise ModelError(f"cannot load model config from {source!r}: {exc}") from None
+    if config.model_type not in _SUPPORTED_MODEL_TYPES:
+        raise ModelError(
+            f"model {source!r} is a {config.model_type!r} checkpoint, not DINOv2 "
+            f"(supported: {', '.join(_SUPPORTED_MODEL_TYPES)})"
+        )
+    try:
+        backbone = AutoModel.from_pretrained(source)
+    except Exception as exc:
+        raise ModelError(f"cannot load model weights from {source!r}: {exc}") from None
+    return source, config, backbone
+
+
+def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std from the checkpoint's preprocessor config; ImageNet's when it has none."""
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(source)
+        return tuple(proc.image_mean), tuple(proc.image_std)
+    except Exception:
+        return _IMAGENET_MEAN, _IMAGENET_STD
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of every parameter, so a bank remembers exactly which weights made it."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FeatureExtractor:
+    """DINOv2 patch and CLS embeddings through ``transformers`` ``from_pretrained``.
+
+    Resizing and normalisation are done here with OpenCV rather than by the checkpoint's image
+    processor, which centre-crops to a square and would cut off the sides of a camera frame.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        input_height: int = 224,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_input_width: int | None = None,
+    ) -> None:
+        self.model_id = model
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        source, config, backbone = _load_backbone(model)
+        self.source = source
+        self.model_type: str = config.model_type
+        self.patch_size: int = int(config.patch_size)
+        self.dim: int = int(config.hidden_size)
+        self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        if input_height < self.patch_size:
+            raise ModelError(f"input_height {input_height} is smaller than the model's patch size {self.patch_size}")
+        self.input_height = int(input_height) // self.patch_size * self.patch_size
+        self.max_input_width = max_input_width
+        self.fingerprint = weights_fingerprint(backbone)
+        mean, std = _normalisation(source)
+        self._mean = np.asarray(mean, np.float32) * 255.0
+        self._inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
+        self.model = backbone.to(self.device, self.dtype).eval()
+
+    # -- geometry ---------------------------------------------------------------------------
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Backbone input (H', W') for a frame: height fixed, aspect kept, patch multiples."""
+        p = self.patch_size
+        new_w = max(p, int(round(width * self.input_height / height / p)) * p)
+        if self.max_input_width is not None:
+            new_w = min(new_w, max(p, self.max_input_width // p * p))
+        return self.input_height, new_w
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        h, w = self.input_size(height, width)
+        return h // self.patch_size, w // self.patch_size
+
+    # -- preprocessing ----------------------------------------------------------------------
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (3, H', W') float32 normalised."""
+        validate_rgb(rgb, min_side=self.patch_size)
+        in_h, in_w = self.input_size(rgb.shape[0], rgb.shape[1])
+        shrinking = in_h < rgb.shape[0]
+        resized = cv2.resize(rgb, (in_w, in_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        chw = (resized.astype(np.float32) - self._mean) * self._inv_std
+        return np.ascontiguousarray(chw.transpose(2, 0, 1))
+
+    # -- inference --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pixels = torch.from_numpy(batch).to(self.device, non_blocking=True).to(self.dtype)
+        hidden = self.model(pixel_values=pixels).last_hidden_state
+        hidden = torch.nn.functional.normalize(hidden.float(), dim=-1)
+        cls = hidden[:, 0]
+        patches = hidden[:, self.num_prefix_tokens :]
+        return patches.cpu().numpy(), cls.cpu().numpy()
+
+    def extract(self, rgb: np.ndarray) -> Features:
+        return self.extract_batch([rgb])[0]
+
+    def extract_batch(self, frames: Sequence[np.ndarray]) -> list[Features]:
+        """Embed frames; frames of equal size share a forward pass."""
+        inputs = [self.preprocess(f) for f in frames]
+        out: list[Features | None] = [None] * len(frames)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_shape.setdefault(x.shape, []).append(i)
+        for shape, idx in by_shape.items():
+            h, w = shape[1] // self.patch_size, shape[2] // self.patch_size
+            patches, cls = self._forward(np.stack([inputs[i] for i in idx]))
+            for j, i in enumerate(idx):
+                out[i] = Features(
+                    patches=patches[j].reshape(h, w, self.dim),
+                    cls=cls[j],
+                    image_size=(frames[i].shape[0], frames[i].shape[1]),
+                    input_size=(shape[1], shape[2]),
+                )
+        return out  # type: ignore[return-value]
+
+    def release(self) -> None:
+        """Drop the model and return GPU memory (lifecycle cleanup)."""
+        self.model = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def patch_mask_from_pixels(mask: np.ndarray, grid: tuple[int, int], fraction: float = 0.5) -> np.ndarray:
+    """(H, W) boolean pixel mask -> (h, w) boolean patch mask: True where > ``fraction`` is set."""
+    if mask.ndim != 2:
+        raise ImageError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    cover = cv2.resize(mask.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+    return cover > fraction
+
+
+__all__ = [
+    "Features",
+    "FeatureExtractor",
+    "validate_rgb",
+    "patch_mask_from_pixels",
+    "weights_fingerprint",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -1,0 +1,276 @@
+"""Monitor: one frame in, one AnomalyResult out. The single entry point nodes and tools call."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import cv2
+import numpy as np
+
+from .bank import ModelSignature, NominalBank, check_signature
+from .config import PipelineConfig
+from .errors import BankError, ConfigError, ImageError
+from .features import FeatureExtractor, Features, patch_mask_from_pixels, validate_rgb
+from .maps import Component, render_overlay, threshold_components, upsample_scores
+from .scoring import calibrate, image_score, patch_score_grid, threshold_for_alpha
+
+
+@dataclass
+class AnomalyResult:
+    """What the monitor concluded about one frame."""
+
+    is_anomalous: bool
+    score: float  # image score (max patch score); compare with `threshold`
+    threshold: float
+    score_map: np.ndarray  # (H, W) float32 raw scores at frame resolution
+    mask: np.ndarray  # (H, W) bool: above threshold, small components dropped
+    labels: np.ndarray  # (H, W) uint16: 0 = none, i = components[i-1] / instances[i-1]
+    components: list[Component]
+    patch_scores: np.ndarray  # (h, w) float32 grid the map was made from
+    instances: list[Any] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class FrameLike(Protocol):
+    rgb: np.ndarray
+    source: str
+    index: int
+    stamp_ns: int
+
+
+def set_cpu_threads(num_threads: int) -> None:
+    """Pin torch and faiss to ``num_threads`` so they do not fight for the same cores."""
+    if num_threads <= 0:
+        return
+    import faiss
+    import torch
+
+    torch.set_num_threads(num_threads)
+    faiss.omp_set_num_threads(num_threads)
+
+
+def load_ignore_mask(path: str | None) -> np.ndarray | None:
+    """Read an ignore-mask image (non-zero = ignore) as (H, W) bool; None when not set."""
+    if not path:
+        return None
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ConfigError(f"ignore_mask: cannot read {path} as an image (PNG with non-zero = ignored pixels)")
+    if image.ndim == 3:
+        image = image.max(axis=2)
+    return image > 0
+
+
+class Monitor:
+    """Scores frames against a nominal bank with the settings in a :class:`PipelineConfig`."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        bank: NominalBank | str | Path,
+        extractor: FeatureExtractor | None = None,
+    ) -> None:
+        config.validate()
+        set_cpu_threads(config.num_threads)
+        self.config = config
+        self.bank = NominalBank.load(bank) if isinstance(bank, (str, Path)) else bank
+        self.extractor = extractor or FeatureExtractor(
+            config.model, config.input_height, config.device, config.dtype, config.max_input_width
+        )
+        check_signature(self.bank.signature, signature_of(self.extractor))
+        if len(self.bank) == 0:
+            raise BankError("the bank is empty; build it from nominal frames first")
+        self._ignore_pixels = load_ignore_mask(config.ignore_mask)
+        self._ignore_cache: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self.threshold = self._initial_threshold()
+        self.bank._ensure_index()  # build the index now, not on the first frame
+
+    # -- thresholds -------------------------------------------------------------------------
+    def _initial_threshold(self) -> float:
+        if self.config.threshold is not None:
+            return float(self.config.threshold)
+        cal = self.bank.calibration
+        if not cal:
+            raise BankError(
+                "the bank is not calibrated and no threshold is set; run 'semanom-bank calibrate' or set 'threshold'"
+            )
+        c = self.config
+        for name, ours in (("k", c.k), ("smoothing_sigma", c.score_smoothing_sigma)):
+            theirs = cal.get(name)
+            if theirs is not None and abs(float(theirs) - float(ours)) > 1e-9:
+                raise ConfigError(
+                    f"{'score_' if name == 'smoothing_sigma' else ''}{name}: the bank was calibrated with {theirs}, "
+                    f"the pipeline uses {ours}; recalibrate ('semanom-bank calibrate') or set it back"
+                )
+        return threshold_for_alpha(cal, c.alpha, c.calibration_level)
+
+    def set_alpha(self, alpha: float) -> float:
+        """Re-derive the threshold from the bank's leave-one-out scores for a new alpha."""
+        if not self.bank.calibration:
+            raise ConfigError("alpha: the bank holds no calibration to re-derive a threshold from")
+        self.threshold = threshold_for_alpha(self.bank.calibration, alpha, self.config.calibration_level)
+        self.config.alpha = float(alpha)
+        self.config.threshold = None
+        return self.threshold
+
+    def set_threshold(self, threshold: float) -> None:
+        if not 0.0 <= threshold <= 2.0:
+            raise ConfigError(f"threshold: {threshold} must be in [0, 2] (scores are 1 - cosine similarity)")
+        self.threshold = float(threshold)
+        self.config.threshold = float(threshold)
+
+    # -- per frame --------------------------------------------------------------------------
+    def ignore_patches(self, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray | None:
+        if self._ignore_pixels is None:
+            return None
+        key = (*image_size, *grid)
+        if key not in self._ignore_cache:
+            mask = self._ignore_pixels
+            if mask.shape != image_size:
+                mask = cv2.resize(mask.astype(np.uint8), (image_size[1], image_size[0]), interpolation=cv2.INTER_NEAREST) > 0
+            self._ignore_cache[key] = patch_mask_from_pixels(mask, grid, self.config.ignore_patch_fraction)
+        return self._ignore_cache[key]
+
+    def process(self, rgb: np.ndarray, extra_ignore: np.ndarray | None = None) -> AnomalyResult:
+        """Score one (H, W, 3) uint8 RGB frame. ``extra_ignore`` (H, W) bool adds ignored pixels."""
+        validate_rgb(rgb, min_side=self.extractor.patch_size)
+        t0 = time.perf_counter()
+        features = self.extractor.extract(rgb)
+        t1 = time.perf_counter()
+        result = self.score_features(features, rgb, extra_ignore)
+        result.timings_ms = {"features": (t1 - t0) * 1e3, **result.timings_ms}
+        return result
+
+    def score_features(
+        self, features: Features, rgb: np.ndarray | None = None, extra_ignore: np.ndarray | None = None
+    ) -> AnomalyResult:
+        t0 = time.perf_counter()
+        ignore = self.ignore_patches(features.image_size, features.grid_shape)
+        if extra_ignore is not None:
+            if extra_ignore.shape != features.image_size:
+                raise ImageError(f"ignore mask shape {extra_ignore.shape} differs from the frame's {features.image_size}")
+            extra = patch_mask_from_pixels(extra_ignore, features.grid_shape, self.config.ignore_patch_fraction)
+            ignore = extra if ignore is None else (ignore | extra)
+        grid = patch_score_grid(
+            self.bank, features.patches, self.config.k, ignore, self.config.score_smoothing_sigma
+        )
+        t1 = time.perf_counter()
+        score_map = upsample_scores(grid, features.image_size)
+        mask, labels, components = threshold_components(score_map, self.threshold, self.config.min_component_area_px)
+        t2 = time.perf_counter()
+        return AnomalyResult(
+            is_anomalous=bool(components),
+            score=image_score(grid),
+            threshold=self.threshold,
+            score_map=score_map,
+            mask=mask,
+            labels=labels,
+            components=components,
+            patch_scores=grid,
+            timings_ms={"search": (t1 - t0) * 1e3, "maps": (t2 - t1) * 1e3},
+        )
+
+    def overlay(self, rgb: np.ndarray, result: AnomalyResult) -> np.ndarray:
+        """BGR8 visualisation of a result on its frame."""
+        return render_overlay(
+            rgb, result.score_map, result.mask, result.components, result.threshold, self.config.overlay_alpha
+        )
+
+    def release(self) -> None:
+        self.extractor.release()
+        self.bank._index = None
+
+
+def signature_of(extractor: FeatureExtractor) -> ModelSignature:
+    return ModelSignature(
+        model=extractor.model_id,
+        fingerprint=extractor.fingerprint,
+        input_height=extractor.input_height,
+        dim=extractor.dim,
+        patch_size=extractor.patch_size,
+    )
+
+
+class PatchBankBuilder:
+    """Streams frames into a patch bank in batches, then calibrates it.
+
+    Frames are any objects with ``rgb``, ``source``, ``index``, ``stamp_ns`` (and optionally
+    ``topic`` and ``ignore``, an (H, W) bool mask of pixels to leave out).
+    """
+
+    def __init__(self, config: PipelineConfig, extractor: FeatureExtractor | None = None,
+                 bank: NominalBank | None = None) -> None:
+        config.validate()
+        set_cpu_threads(config.num_threads)
+        self.config = config
+        self.extractor = extractor or FeatureExtractor(
+            config.model, config.input_height, config.device, config.dtype, config.max_input_width
+        )
+        sig = signature_of(self.extractor)
+        if bank is not None:
+            check_signature(bank.signature, sig, where="existing bank")
+            self.bank = bank
+        else:
+            self.bank = NominalBank(sig, kind="patch", config=config.to_dict())
+        self._ignore_pixels = load_ignore_mask(config.ignore_mask)
+        self._pending: list[Any] = []
+
+    def add(self, frame: FrameLike) -> None:
+        self._pending.append(frame)
+        if len(self._pending) >= self.config.batch_size:
+            self.flush()
+
+    def add_all(self, frames: Iterable[FrameLike]) -> NominalBank:
+        for frame in frames:
+            self.add(frame)
+        self.flush()
+        return self.bank
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        feats = self.extractor.extract_batch([f.rgb for f in batch])
+        for frame, feat in zip(batch, feats):
+            keep = None
+            ignore_px = self._frame_ignore(frame, feat.image_size)
+            if ignore_px is not None:
+                keep = ~patch_mask_from_pixels(ignore_px, feat.grid_shape, self.config.ignore_patch_fraction)
+            self.bank.add_patch_grid(
+                feat.patches,
+                source=str(frame.source),
+                index=int(frame.index),
+                stamp_ns=int(getattr(frame, "stamp_ns", 0) or 0),
+                topic=getattr(frame, "topic", None),
+                keep=keep,
+            )
+
+    def _frame_ignore(self, frame: Any, size: tuple[int, int]) -> np.ndarray | None:
+        masks = []
+        if self._ignore_pixels is not None:
+            m = self._ignore_pixels
+            if m.shape != size:
+                m = cv2.resize(m.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+            masks.append(m)
+        own = getattr(frame, "ignore", None)
+        if own is not None:
+            masks.append(np.asarray(own, bool))
+        if not masks:
+            return None
+        return np.logical_or.reduce(masks)
+
+    def calibrate(self, progress=None) -> dict[str, Any]:
+        self.flush()
+        c = self.config
+        return calibrate(
+            self.bank,
+            c.alpha,
+            c.k,
+            c.calibration_window,
+            c.calibration_max_frames,
+            c.score_smoothing_sigma,
+            c.calibration_level,
+            progress,
+        )
