@@ -25,6 +25,11 @@ setup(
     extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
+            "monitor_node = semanom_ros.nodes.monitor_node:main",
+            "bank_builder_node = semanom_ros.nodes.bank_builder_node:main",
+            "semanom-bank = semanom_ros.tools.bank_cli:main",
+            "semanom-eval = semanom_ros.tools.evaluate:main",
+            "semanom-replay = semanom_ros.tools.replay:main",
         ],
     },
 )
