@@ -1,6 +1,7 @@
 """Monitor: one frame in, one AnomalyResult out. The single entry point nodes and tools call."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,8 @@ class Monitor:
         bank: NominalBank | str | Path,
         extractor: FeatureExtractor | None = None,
     ) -> None:
-        config.validate()
+        # A private copy: runtime changes (threshold, alpha) must not leak into the caller's config.
+        config = dataclasses.replace(config).validate()
         set_cpu_threads(config.num_threads)
         self.config = config
         self.bank = NominalBank.load(bank) if isinstance(bank, (str, Path)) else bank

@@ -1,0 +1,61 @@
+"""Fixtures shared by the core tests: a tiny random-init DINOv2 saved and reloaded through the same
+from_pretrained path users take, and the location of ../shared (real weights and data)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("SEMANOM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if not (path / "models" / "dinov2-small" / "model.safetensors").is_file():
+        pytest.skip(f"real weights and data not found under {path} (set SEMANOM_SHARED)")
+    return path
+
+
+def save_tiny_dinov2(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        patch_size=14,
+        image_size=56,
+    )
+    Dinov2Model(cfg).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return str(save_tiny_dinov2(tmp_path_factory.mktemp("tiny_dinov2")))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> str:
+    return str(save_tiny_dinov2(tmp_path_factory.mktemp("tiny_dinov2_b"), seed=1))
+
+
+def textured_frame(seed: int, height: int = 84, width: int = 140) -> np.ndarray:
+    """A smooth random 'scene': low-frequency noise, so neighbouring frames look alike."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 10, 3), dtype=np.uint8)
+    return np.ascontiguousarray(cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC))
