@@ -59,3 +59,33 @@ def textured_frame(seed: int, height: int = 84, width: int = 140) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 255, (6, 10, 3), dtype=np.uint8)
     return np.ascontiguousarray(cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(path)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="session")
+def highway_bank(shared, tmp_path_factory):
+    """Real DINOv2-S/14 bank of every 2nd nominal highway frame at input height 224, calibrated and
+    saved once per test session (about 40 s on 2 cores); returns (config, bank directory)."""
+    from types import SimpleNamespace
+
+    from semanom_ros.core import PatchBankBuilder, PipelineConfig
+
+    cfg = PipelineConfig(model=str(shared / "models" / "dinov2-small"), input_height=224)
+    builder = PatchBankBuilder(cfg)
+    files = sorted((shared / "data" / "highway" / "nominal").glob("*.jpg"))
+    builder.add_all(
+        SimpleNamespace(rgb=read_rgb(f), source="highway/nominal", index=i, stamp_ns=i * 40_000_000)
+        for i, f in enumerate(files)
+        if i % 2 == 0
+    )
+    builder.calibrate()
+    path = builder.bank.save(tmp_path_factory.mktemp("banks") / "highway")
+    return cfg, path

@@ -85,6 +85,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def _load_backbone(model: str):
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    # A per-tensor progress bar on every load is noise in node logs and CI output.
+    hf_logging.disable_progress_bar()
 
     path = Path(model).expanduser()
     looks_like_path = model.startswith((".", "/", "~")) or path.exists()
