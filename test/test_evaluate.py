@@ -290,7 +290,9 @@ def test_highway_report_with_real_weights(shared, highway_bank, tmp_path):
     layout = find_folder_layout(shared / "data" / "highway" / "test")
     dataset = FolderDataset(layout.images, layout.masks, layout.labels)
     # A short sweep keeps the test fast; the CLI's defaults sweep 25 thresholds and 12 areas.
-    options = EvalOptions(progress=False, thresholds=[0.1, 0.14, 0.2], alphas=(0.995, 0.999), min_areas=(0, 500, 1500))
+    options = EvalOptions(
+        progress=False, thresholds=[0.1, 0.14, 0.2], alphas=(0.995, 0.999), min_areas=(0, 500, 1500), scene_modes=True
+    )
     out = tmp_path / "highway_report"
     r = run_evaluation(config_from_bank(bank), bank, dataset, out, options)
     img, px = r["image"]["overall"], r["pixel"]["overall"]
@@ -301,6 +303,13 @@ def test_highway_report_with_real_weights(shared, highway_bank, tmp_path):
         f"FPR@95TPR {px['fpr_at_95_tpr']:.4f}, IoU {px['iou']:.4f}; "
         f"{r['meta']['timings']['median_ms_per_frame']:.0f} ms/frame median"
     )
+    print("mode                  image AUROC   ms/frame")
+    for name, m in r["modes"].items():
+        print(f"{name:<21} {m['image_auroc']:.4f}   {m['median_ms_per_frame']:.1f}")
+    # Scene-level modes appear beside patch mode; a global mean embedding is cheaper and ranks worse here.
+    assert {"patch", "patch_majority", "scene/mean_knn", "scene/mean_knnn"} <= set(r["modes"])
+    assert 0.5 < r["modes"]["scene/mean_knn"]["image_auroc"] <= r["modes"]["patch"]["image_auroc"]
+    assert r["modes"]["scene/mean_knn"]["scoring_ms_per_frame"] < r["modes"]["patch_majority"]["scoring_ms_per_frame"]
     assert img["n_frames"] == 71 and px["n_frames"] == 71
     assert img["auroc"] >= 0.95 and px["auroc"] >= 0.98
     assert set(r["image"]["by_group"]) == {"nominal", "astronaut", "cat", "cells", "coffee_cup", "coins", "rocket"}
@@ -308,3 +317,21 @@ def test_highway_report_with_real_weights(shared, highway_bank, tmp_path):
     for name in PLOTS:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_scene_modes_are_reported_beside_the_patch_mode(tiny_bank, tmp_path, capsys):
+    data = write_folder(tmp_path / "test")
+    nominal = tmp_path / "nominal"
+    nominal.mkdir()
+    for s in range(12):
+        cv2.imwrite(str(nominal / f"{s:04d}.png"), cv2.cvtColor(textured_frame(s, H, W), cv2.COLOR_RGB2BGR))
+    rc, report, _ = run_eval(
+        ["--bank", str(tiny_bank), "--data", str(data), "-o", str(tmp_path / "out"), "--modes", "--nominal", str(nominal)],
+        capsys,
+    )
+    assert rc == 0
+    modes = report["modes"]
+    assert {"patch", "patch_majority", "scene/cls_knn", "scene/cls_knnn", "scene/mean_knn", "scene/mean_hdbscan"} <= set(modes)
+    for entry in modes.values():
+        assert "image_auroc" in entry and entry["median_ms_per_frame"] is not None
+    assert "## Modes" in (tmp_path / "out" / "report.md").read_text()

@@ -158,6 +158,13 @@ def render_markdown(report: dict[str, Any]) -> str:
 
         out.append(_table(cols, [prow("**overall**", o)] + [prow(g, b) for g, b in px["by_group"].items()]))
         notes += _undefined_notes("pixel overall", o)
+    modes = report.get("modes") or {}
+    if len(modes) > 1:
+        out += ["", "## Modes", "", "Image-level ranking and per-frame time of each scoring mode on the same frames "
+                "(ms/frame includes the shared backbone forward).", ""]
+        out.append(_table(["mode", "image AUROC", "balanced accuracy", "ms/frame"],
+                          [[name, m.get("image_auroc"), m.get("balanced_accuracy", m.get("image_f1")),
+                            _f(m.get("median_ms_per_frame"), 1)] for name, m in modes.items()]))
     sweeps = report["sweeps"]
     sweep_cols = ["precision", "recall", "F1", "FPR", "TP", "FP", "pixel IoU (sampled)"]
 

@@ -82,6 +82,9 @@ class EvalOptions:
     alphas: Sequence[float] = DEFAULT_ALPHAS
     progress: bool = True
     plots: bool = True
+    # Scene-level modes scored side by side with the monitor's mode (issue: global embeddings).
+    scene_modes: bool = False
+    nominal: str | None = None  # folder/bag of nominal frames for CLS modes; None = the bank's frame means
 
     def validate(self) -> "EvalOptions":
         if not isinstance(self.pixel_stride, int) or self.pixel_stride < 1:
@@ -169,6 +172,7 @@ class ExampleCollector:
 @dataclass
 class EvalRun:
     records: list[FrameRecord]
+    features: list[Any] | None
     examples: dict[str, list[_Example]]
     threshold: float
     min_area_px: int
@@ -185,13 +189,23 @@ def evaluate_frames(
     stride = options.pixel_stride
     collector = ExampleCollector(options.n_examples)
     records: list[FrameRecord] = []
+    keep_features = options.scene_modes and monitor.config.mode == "patch"
+    features: list[Any] = []
     t_start = time.perf_counter()
     bar = tqdm(total=total, desc="semanom-eval", unit="frame", disable=not options.progress, file=sys.stderr)
     try:
         for frame in frames:
             t0 = time.perf_counter()
             try:
-                result = monitor.process(frame.rgb)
+                if keep_features:
+                    # Same work as monitor.process, with the backbone output kept for the scene modes.
+                    feats = monitor.extractor.extract(frame.rgb)
+                    t_feat = time.perf_counter()
+                    result = monitor.score_features(feats, frame.rgb)
+                    result.timings_ms = {"features": (t_feat - t0) * 1e3, **result.timings_ms}
+                    features.append(feats)
+                else:
+                    result = monitor.process(frame.rgb)
             except SemanomError as exc:
                 # A frame the monitor refuses would silently change every figure if skipped.
                 raise EvalDataError(f"frame {frame.path or frame.name}: {exc}") from None
@@ -223,6 +237,7 @@ def evaluate_frames(
         bar.close()
     return EvalRun(
         records=records,
+        features=features if keep_features else None,
         examples=collector.selected(),
         threshold=float(monitor.threshold),
         min_area_px=int(monitor.config.min_component_area_px),
@@ -554,8 +569,51 @@ def run_evaluation(
         overrides=overrides,
         threshold_source=_threshold_source(monitor.config),
     )
+    if run.features is not None:
+        report["modes"].update(scene_modes_report(monitor, run, options))
     eval_report.write_outputs(report, run, output, plots=options.plots)
     return report
+
+
+def scene_modes_report(monitor: Monitor, run: EvalRun, options: EvalOptions) -> dict[str, Any]:
+    """Image AUROC and per-frame time of the scene-level modes next to the patch mode.
+
+    Scene models are fitted on ``options.nominal`` frames when given (CLS and mean modes), else on
+    the bank's per-frame patch means (mean modes only: a patch bank keeps no CLS tokens).
+    """
+    from semanom_ros.core.scene import evaluate_scene_modes
+
+    labels = [r.label for r in run.records]
+    nominal_features = None
+    modes = ["patch", "patch_majority", "mean_knn", "mean_knnn", "mean_kmeans", "mean_hdbscan"]
+    if options.nominal:
+        from semanom_ros.io.frames import iter_frames
+
+        frames = [f.rgb for f in iter_frames(options.nominal)]
+        nominal_features = monitor.extractor.extract_batch(frames) if frames else None
+        del frames
+        modes = ["patch", "patch_majority", "cls_knn", "cls_knnn", "cls_kmeans", "cls_hdbscan"] + modes[2:]
+    cfg = monitor.config
+    table = evaluate_scene_modes(
+        run.features,
+        labels,
+        nominal_features,
+        modes=modes,
+        patch_monitor=monitor,
+        patch_bank=monitor.bank,
+        majority_fraction=cfg.majority_fraction,
+        knnn_m=cfg.knnn_m,
+        kmeans_k_range=tuple(cfg.kmeans_k_range),
+        hdbscan_min_cluster_size=cfg.hdbscan_min_cluster_size,
+        alpha=0.9,
+        window=cfg.calibration_window,
+    )
+    feature_ms = _median([r.timings_ms.get("features", 0.0) for r in run.records]) or 0.0
+    for entry in table.values():
+        # Scoring time after the shared backbone forward, and the end-to-end figure with it.
+        entry["scoring_ms_per_frame"] = entry.get("ms_per_frame")
+        entry["median_ms_per_frame"] = feature_ms + float(entry.get("ms_per_frame") or 0.0)
+    return {f"scene/{name}" if not name.startswith("patch") else name: v for name, v in table.items() if name != "patch"}
 
 
 # --------------------------------------------------------------------------- command line
@@ -615,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--min-areas", type=_int_list, help=f"min-area sweep values (default {','.join(map(str, DEFAULT_MIN_AREAS))})")
     rp.add_argument("--alphas", type=_float_list, help=f"alpha sweep values (default {','.join(map(str, DEFAULT_ALPHAS))})")
     rp.add_argument("--no-plots", action="store_true", help="write report.json and report.md only")
+    rp.add_argument("--modes", action="store_true", help="also score scene-level modes (global embeddings: kNN, "
+                    "k-NNN, k-Means, HDBSCAN; patch majority vote) and report their AUROC and ms/frame")
+    rp.add_argument("--nominal", help="with --modes: folder or bag of nominal frames to fit the scene models on "
+                    "(adds the CLS modes; default: the bank's per-frame patch means)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -687,6 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             alphas=args.alphas or DEFAULT_ALPHAS,
             progress=not args.no_progress,
             plots=not args.no_plots,
+            scene_modes=args.modes,
+            nominal=args.nominal,
         ).validate()
         cfg = config_from_bank(args.bank, overrides)
         dataset = dataset_from_args(args, sink)
@@ -710,6 +774,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{report['meta']['timings']['median_ms_per_frame']:.0f} ms/frame (median). "
         f"Report: {Path(args.output) / 'report.md'}"
     )
+    if len(report["modes"]) > 1:
+        print("mode                 image AUROC  ms/frame")
+        for name, entry in report["modes"].items():
+            print(f"{name:<20} {fmt(entry.get('image_auroc')):>11}  {entry.get('median_ms_per_frame') or 0:8.1f}")
     if report["warnings"]:
         print(f"{len(report['warnings'])} warning(s); see report.md", file=sys.stderr)
     return 0
