@@ -28,5 +28,9 @@ test: install
 test-fast:
 	$(TEST_ENV) $(PY) -m pytest -q -m "not integration" test
 
+# Benchmarks print tables (quick mode; `bash bench/run_all.sh --full` adds the 2e6-vector banks).
+bench: install
+	$(TEST_ENV) PATH=$(abspath $(VENV))/bin:$$PATH bash bench/run_all.sh
+
 clean:
 	rm -rf build *.egg-info .pytest_cache
