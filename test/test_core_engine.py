@@ -99,13 +99,13 @@ def test_bad_frames_fail_clearly(tiny_model, image, message):
 
 
 def test_model_folder_that_is_not_dinov2_is_rejected(tmp_path):
-    from transformers import ViTConfig, ViTModel
+    # A text model has no patch tokens: not a supported vision backbone (ViT and I-JEPA are, see test_backbones).
+    from transformers import BertConfig, BertModel
 
-    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(
-        tmp_path / "vit"
-    )
-    with pytest.raises(ModelError, match="not DINOv2"):
-        FeatureExtractor(str(tmp_path / "vit"))
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=50)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelError, match="'bert' checkpoint, not DINOv2 or another supported backbone"):
+        FeatureExtractor(str(tmp_path / "bert"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no config.json"):
         FeatureExtractor(str(tmp_path / "empty"))

@@ -5,9 +5,28 @@ from .errors import BankError, BankMismatchError, ConfigError, ImageError, Model
 from .features import FeatureExtractor, Features, validate_rgb
 from .maps import Component
 from .monitor import AnomalyResult, Monitor, PatchBankBuilder
+from .instances import (
+    Instance,
+    InstanceBankBuilder,
+    InstancePipeline,
+    build_instance_bank,
+    draw_instances,
+    mask_average_embeddings,
+)
+from .detector import BoxProposer, merge_overlapping_boxes
+from .segmenter import Sam2Segmenter
 
 __all__ = [
     "AnomalyResult",
+    "BoxProposer",
+    "Instance",
+    "InstanceBankBuilder",
+    "InstancePipeline",
+    "Sam2Segmenter",
+    "build_instance_bank",
+    "draw_instances",
+    "mask_average_embeddings",
+    "merge_overlapping_boxes",
     "BankError",
     "BankMismatchError",
     "Component",

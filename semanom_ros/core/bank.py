@@ -14,6 +14,7 @@ save leaves the previous bank exactly as it was.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ import faiss
 import numpy as np
 
 from .errors import BankError, BankMismatchError
+from .index import IndexSpec, build_index, maybe_to_gpu, search_excluding
 
 BANK_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -104,6 +106,27 @@ class _Chunks:
             self._parts = [self._cached] if len(self._cached) else []
         return self._cached
 
+    # Above this size write_npy streams the parts instead of concatenating them first.
+    STREAM_WRITE_BYTES = 64 * 2**20
+
+    def write_npy(self, fh: Any) -> None:
+        """Write the array as a .npy file (the bytes np.save writes). A large array still in parts
+        (a bank streamed from a long recording) is written part by part, so saving needs no
+        second, concatenated copy of its vectors."""
+        if (
+            self._cached is not None
+            or len(self._parts) < 2
+            or sum(p.nbytes for p in self._parts) < self.STREAM_WRITE_BYTES
+        ):
+            np.save(fh, np.ascontiguousarray(self.array()), allow_pickle=False)
+            return
+        first = self._parts[0]
+        shape = (sum(len(p) for p in self._parts), *first.shape[1:])
+        header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(fh, header)
+        for part in self._parts:
+            fh.write(np.ascontiguousarray(part, dtype=first.dtype).data)
+
 
 class NominalBank:
     """Unit-norm embedding vectors of nominal data with provenance and a similarity index.
@@ -126,6 +149,11 @@ class NominalBank:
         self._num_vectors = 0
         self._index: faiss.Index | None = None
         self._index_float: np.ndarray | None = None
+        # Index strategy (None = from self.config); what was built, and what a loaded manifest said.
+        self.index_spec: IndexSpec | None = None
+        self.index_info: dict[str, Any] | None = None
+        self._saved_index_info: dict[str, Any] | None = None
+        self._cpu_index: faiss.Index | None = None  # kept beside a GPU index for excluding searches
 
     # -- contents ---------------------------------------------------------------------------
     @property
@@ -196,7 +224,7 @@ class NominalBank:
         self._vector_meta.append(meta)
         self._vectors.append(vectors.astype(np.float16))
         self._num_vectors += n
-        self._index = None
+        self._index = self._cpu_index = self.index_info = None
         return frame_id
 
     def add_patch_grid(
@@ -265,14 +293,36 @@ class NominalBank:
         self.calibration = None
 
     # -- search -----------------------------------------------------------------------------
+    def set_index_spec(self, spec: IndexSpec | None) -> None:
+        """Choose the index strategy (None = from the bank's config); rebuilt on the next search."""
+        self.index_spec = spec.validate() if spec is not None else None
+        self._index = self._cpu_index = None
+
     def _ensure_index(self) -> faiss.Index:
         if self._index is None:
             if len(self) == 0:
                 raise BankError("the bank is empty; add nominal frames before scoring")
-            base = np.ascontiguousarray(self.vectors, dtype=np.float32)
-            index = faiss.IndexFlatIP(self.dim)
-            index.add(base)
-            self._index = index
+            spec = self.index_spec or IndexSpec.from_config(self.config)
+            measure, reused = True, False
+            saved = self._saved_index_info
+            if saved and saved.get("num_vectors") == len(self) and saved.get("requested") == spec.type:
+                reused = True
+                # Loaded bank, same strategy: rebuild what was saved (same type and search depth,
+                # seeded training) and keep the recall measured at build time instead of re-measuring.
+                kept = {"type": saved["type"], "nlist": spec.nlist or int(saved.get("params", {}).get("nlist", 0))}
+                depth = saved.get("search_depth")
+                if depth and not (spec.nprobe or spec.ef_search):
+                    kept["nprobe" if saved["type"] in ("ivf", "ivfpq") else "ef_search"] = int(depth)
+                    measure = False
+                spec = dataclasses.replace(spec, **kept)
+            index, info = build_index(self.vectors, spec, measure_recall=measure)
+            if reused:
+                info["requested"] = saved["requested"]
+                if not measure:
+                    info["recall_at_1"] = saved.get("recall_at_1")
+            gpu_index, info["device"] = maybe_to_gpu(index, spec.use_gpu)
+            self._cpu_index = index if gpu_index is not index else None
+            self._index, self.index_info = gpu_index, info
         return self._index
 
     def search(
@@ -293,12 +343,9 @@ class NominalBank:
         elif isinstance(index, faiss.IndexFlat):
             sims, ids = self._exact_search_excluding(queries, k, exclude)
         else:
-            selectors = [faiss.IDSelectorRange(int(a), int(b)) for a, b in exclude]
-            sel: Any = selectors[0]
-            for extra in selectors[1:]:
-                sel = faiss.IDSelectorOr(sel, extra)
-            keep = faiss.IDSelectorNot(sel)
-            sims, ids = index.search(queries, k, params=faiss.SearchParameters(sel=keep))
+            # ID selectors are CPU-only in faiss: a GPU index searches its CPU twin here.
+            cpu = self._cpu_index if self._cpu_index is not None else index
+            sims, ids = search_excluding(cpu, queries, k, exclude)
         sims = np.where(ids < 0, -1.0, sims).astype(np.float32)
         return sims, ids
 
@@ -363,6 +410,11 @@ class NominalBank:
             "calibration": self.calibration,
             "config": self.config,
             "extra": self.extra,
+            "index": self.index_info or (
+                self._saved_index_info
+                if self._saved_index_info and self._saved_index_info.get("num_vectors") == len(self)
+                else None
+            ),
             "created_unix_ns": self.created_ns,
             "saved_unix_ns": time.time_ns(),
         }
@@ -375,10 +427,10 @@ class NominalBank:
         tmp.mkdir()
         try:
             files: dict[str, dict[str, Any]] = {}
-            for name, array in zip(_FILES, (self.vectors, self.vector_meta, self.frames)):
+            for name, chunks in zip(_FILES, (self._vectors, self._vector_meta, self._frames)):
                 target = tmp / name
                 with open(target, "wb") as fh:
-                    np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+                    chunks.write_npy(fh)
                     fh.flush()
                     os.fsync(fh.fileno())
                 files[name] = {"bytes": target.stat().st_size, "blake2b": _file_digest(target)}
@@ -461,6 +513,7 @@ class NominalBank:
         bank.sources = [SourceInfo(**s) for s in manifest.get("sources", [])]
         bank.calibration = manifest.get("calibration")
         bank.extra = manifest.get("extra", {}) or {}
+        bank._saved_index_info = manifest.get("index") or None
         bank.created_ns = int(manifest.get("created_unix_ns", 0))
         bank._vectors = _Chunks(vectors)
         bank._vector_meta = _Chunks(vmeta)

@@ -36,6 +36,15 @@ class PipelineConfig:
     batch_size: int = 8  # frames per forward pass in offline tools
     num_threads: int = 0  # torch/faiss CPU threads; 0 = leave the libraries' defaults
 
+    # Similarity index over the bank (see semanom_ros.core.index): auto = exact flat search below
+    # index_auto_threshold vectors, IVF (fp16 codes) up to 5e5, HNSW above; or force
+    # flat | flat_fp16 | ivf | ivfpq | hnsw.
+    index_type: str = "auto"
+    index_auto_threshold: int = 200_000
+    index_nlist: int = 0  # IVF lists; 0 = about 4 sqrt(N)
+    nprobe: int = 0  # IVF lists (HNSW: efSearch) searched per query; 0 = tuned at build for recall@1 >= 0.97
+    use_gpu_index: bool = True  # put the index on the GPU when faiss has GPU support and device is CUDA
+
     # Scoring: patch score = 1 - mean cosine similarity of its k nearest bank vectors.
     k: int = 1
     # Smoothing of the patch score grid (Gaussian sigma in patches; 0 = none).
@@ -63,6 +72,57 @@ class PipelineConfig:
 
     overlay_alpha: float = 0.5
 
+    # What is compared with the bank: "patch" (DINOv2 patches vs a patch bank), "instance" (OWLv2
+    # boxes -> SAM 2 masks -> mask-averaged DINOv2 embeddings vs an instance bank) or "combined"
+    # (both; a frame is anomalous when an instance is, or when a patch component lies mostly
+    # outside every instance; see semanom_ros.core.instances).
+    mode: str = "patch"
+    # combined mode: the instance bank directory (the monitor's own bank is the patch bank).
+    instance_bank: str | None = None
+    # combined mode: instance threshold instead of the instance bank's calibrated one (None = bank's).
+    instance_threshold: float | None = None
+    # OWLv2 box proposer: hub id or folder; text queries (empty = class-agnostic, by objectness;
+    # a string is split at commas); score threshold, boxes kept, NMS IoU, merging of duplicates
+    # (IoU, or containment of a nested part); square input side (0 = the checkpoint's, 960).
+    detector_model: str = "google/owlv2-base-patch16-ensemble"
+    detector_queries: list[str] = field(default_factory=list)
+    detector_score_threshold: float = 0.1
+    detector_top_k: int = 20
+    detector_nms_iou: float = 0.5
+    detector_merge_iou: float = 0.7
+    detector_merge_containment: float = 0.9
+    detector_input_size: int = 0
+    # SAM 2: hub id or folder; backend "transformers" (default) or "sam2" (Meta's package + torchvision).
+    segmenter_model: str = "facebook/sam2.1-hiera-tiny"
+    segmenter_backend: str = "transformers"
+    # Instance masks smaller than this (frame pixels, after removing ignored pixels) are dropped.
+    instance_min_mask_area_px: int = 100
+    # combined mode: a patch component counts as evidence when at least this fraction of its
+    # pixels lies outside every instance mask (components on instances are judged by the instance).
+    combined_min_outside_fraction: float = 0.5
+
+    # Image decision of patch mode: "components" = anomalous when a component survives the area
+    # filter; "majority" = when at least majority_fraction of the non-ignored patches exceed the threshold.
+    image_decision: str = "components"
+    majority_fraction: float = 0.5
+
+    # Scene-level scoring (semanom_ros.core.scene): one global embedding per frame, a far cheaper search.
+    scene_method: str = "off"  # off | knn | knnn | kmeans | hdbscan
+    global_embedding: str = "cls"  # cls | mean (mean of the patch tokens)
+    knnn_m: int = 5  # k-NNN: in-cluster neighbours of the nearest nominal frame that normalise its distance
+    kmeans_k_range: list[int] = field(default_factory=lambda: [2, 10])  # k-Means k picked by silhouette in [min, max]
+    hdbscan_min_cluster_size: int = 5
+
+    # Language-guided scoring (semanom_ros.core.prompts): OWLv2 text prompts scored per location.
+    # Entries "concept" or "concept: phrasing 1 | phrasing 2"; nominal = what belongs in the scene,
+    # anomaly = what must never appear.
+    prompt_model: str = "google/owlv2-base-patch16-ensemble"
+    nominal_prompts: list[str] = field(default_factory=list)
+    anomaly_prompts: list[str] = field(default_factory=list)
+    prompt_input_size: int = 0  # OWLv2 square input side; 0 = the checkpoint's (960 for owlv2-base)
+    # fused = (1 - w) * knn_map + w * 2 * threshold * prompt_map (see prompts.fuse_score_maps); 0 = off.
+    prompt_fusion_weight: float = 0.0
+
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "PipelineConfig":
@@ -78,6 +138,14 @@ class PipelineConfig:
             raise ConfigError(f"dtype: {self.dtype!r} is not one of auto, float32, float16, bfloat16")
         _check_int(self, "batch_size", 1, 1024)
         _check_int(self, "num_threads", 0, 1024)
+        index_types = ("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw")
+        if self.index_type not in index_types:
+            raise ConfigError(f"index_type: {self.index_type!r} is not one of {', '.join(index_types)}")
+        _check_int(self, "index_auto_threshold", 0, 10**12)
+        _check_int(self, "index_nlist", 0, 1 << 20)
+        _check_int(self, "nprobe", 0, 1 << 16)
+        if not isinstance(self.use_gpu_index, bool):
+            raise ConfigError(f"use_gpu_index: {self.use_gpu_index!r} must be true or false")
         _check_int(self, "k", 1, 1024)
         _check_float(self, "score_smoothing_sigma", 0.0, 100.0)
         if not (0.0 < float(self.alpha) < 1.0):
@@ -91,6 +159,8 @@ class PipelineConfig:
         _check_int(self, "min_component_area_px", 0, 10**9)
         _check_float(self, "ignore_patch_fraction", 0.0, 1.0)
         _check_float(self, "overlay_alpha", 0.0, 1.0)
+        _validate_instance_settings(self)
+        _validate_scene_settings(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,3 +212,69 @@ def _check_float(cfg: PipelineConfig, name: str, lo: float, hi: float) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
         raise ConfigError(f"{name}: {value!r} must be a number in [{lo}, {hi}]")
+
+
+MODES = ("patch", "instance", "combined")
+
+
+def _validate_instance_settings(cfg: PipelineConfig) -> None:
+    """Instance-mode settings (checked in every mode, so a typo fails before the mode is switched)."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.mode == "combined" and not cfg.instance_bank:
+        raise ConfigError(
+            "instance_bank: combined mode needs the instance bank directory (the monitor's bank is the patch "
+            "bank); build one with 'semanom-bank build --mode instance'"
+        )
+    if cfg.instance_threshold is not None:
+        _check_float(cfg, "instance_threshold", 0.0, 2.0)
+    for name in ("detector_model", "segmenter_model"):
+        value = getattr(cfg, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name}: must be a hub id or a local folder written by save_pretrained")
+    queries = cfg.detector_queries
+    if queries is None:
+        queries = []
+    if isinstance(queries, str):
+        # ROS string parameters and flags carry a list as "a car, a traffic light".
+        queries = [q.strip() for q in queries.split(",")]
+    if not isinstance(queries, (list, tuple)) or not all(isinstance(q, str) for q in queries):
+        raise ConfigError(f"detector_queries: {cfg.detector_queries!r} must be a list of strings (or one comma-separated string)")
+    cfg.detector_queries = [q.strip() for q in queries if q.strip()]
+    _check_float(cfg, "detector_score_threshold", 0.0, 1.0)
+    _check_int(cfg, "detector_top_k", 1, 1000)
+    _check_float(cfg, "detector_nms_iou", 0.0, 1.0)
+    _check_float(cfg, "detector_merge_iou", 0.01, 1.0)
+    _check_float(cfg, "detector_merge_containment", 0.01, 1.0)
+    _check_int(cfg, "detector_input_size", 0, 4096)
+    if cfg.segmenter_backend not in ("transformers", "sam2"):
+        raise ConfigError(f"segmenter_backend: {cfg.segmenter_backend!r} is not one of transformers, sam2")
+    _check_int(cfg, "instance_min_mask_area_px", 0, 10**9)
+    _check_float(cfg, "combined_min_outside_fraction", 0.0, 1.0)
+
+
+def _validate_scene_settings(cfg: PipelineConfig) -> None:
+    """Scene-level, majority-vote and prompt settings (see semanom_ros.core.scene / prompts)."""
+    if cfg.image_decision not in ("components", "majority"):
+        raise ConfigError(f"image_decision: {cfg.image_decision!r} is not one of components, majority")
+    _check_float(cfg, "majority_fraction", 1e-9, 1.0)
+    if cfg.scene_method not in ("off", "knn", "knnn", "kmeans", "hdbscan"):
+        raise ConfigError(f"scene_method: {cfg.scene_method!r} is not one of off, knn, knnn, kmeans, hdbscan")
+    if cfg.global_embedding not in ("cls", "mean"):
+        raise ConfigError(f"global_embedding: {cfg.global_embedding!r} is not one of cls, mean")
+    _check_int(cfg, "knnn_m", 1, 1000)
+    kr = cfg.kmeans_k_range
+    ints = isinstance(kr, (list, tuple)) and len(kr) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in kr
+    )
+    if not ints or not 2 <= kr[0] <= kr[1]:
+        raise ConfigError(f"kmeans_k_range: {kr!r} must be [k_min, k_max] integers with 2 <= k_min <= k_max")
+    _check_int(cfg, "hdbscan_min_cluster_size", 2, 10**6)
+    for name in ("nominal_prompts", "anomaly_prompts"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: {value!r} must be a list of strings such as ['road: a road | asphalt', 'sky']")
+    if not isinstance(cfg.prompt_model, str) or not cfg.prompt_model.strip():
+        raise ConfigError("prompt_model: must be an OWLv2 hub id or folder")
+    _check_int(cfg, "prompt_input_size", 0, 4096)
+    _check_float(cfg, "prompt_fusion_weight", 0.0, 1.0)

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import torch
 
+from .backbones import backbone_spec, load_backbone_model, split_tokens, supported_model_types
 from .errors import ImageError, ModelError
 
-# Backbone families whose last hidden state is [CLS, registers..., patches...].
-_SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+# Backbone families (DINOv2, ViT, I-JEPA, ...): token layout and loading per family in backbones.py.
+_SUPPORTED_MODEL_TYPES = supported_model_types()
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -84,7 +85,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def _load_backbone(model: str):
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     # A per-tensor progress bar on every load is noise in node logs and CI output.
@@ -102,13 +103,14 @@ def _load_backbone(model: str):
         config = AutoConfig.from_pretrained(source)
     except Exception as exc:  # transformers raises OSError/ValueError/EnvironmentError variants
         raise ModelError(f"cannot load model config from {source!r}: {exc}") from None
-    if config.model_type not in _SUPPORTED_MODEL_TYPES:
+    spec = backbone_spec(config.model_type)
+    if spec is None:
         raise ModelError(
-            f"model {source!r} is a {config.model_type!r} checkpoint, not DINOv2 "
-            f"(supported: {', '.join(_SUPPORTED_MODEL_TYPES)})"
+            f"model {source!r} is a {config.model_type!r} checkpoint, not DINOv2 or another supported backbone "
+            f"(supported model types: {', '.join(_SUPPORTED_MODEL_TYPES)})"
         )
     try:
-        backbone = AutoModel.from_pretrained(source)
+        backbone = load_backbone_model(source, spec)
     except Exception as exc:
         raise ModelError(f"cannot load model weights from {source!r}: {exc}") from None
     return source, config, backbone
@@ -157,7 +159,10 @@ class FeatureExtractor:
         self.model_type: str = config.model_type
         self.patch_size: int = int(config.patch_size)
         self.dim: int = int(config.hidden_size)
-        self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        self.backbone_spec = backbone_spec(config.model_type)
+        self.num_prefix_tokens = self.backbone_spec.num_prefix_tokens(config)
+        # Backbones without a CLS token (I-JEPA) report the mean of their patch tokens as Features.cls.
+        self.has_cls: bool = self.backbone_spec.has_cls
         if input_height < self.patch_size:
             raise ModelError(f"input_height {input_height} is smaller than the model's patch size {self.patch_size}")
         self.input_height = int(input_height) // self.patch_size * self.patch_size
@@ -195,10 +200,9 @@ class FeatureExtractor:
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pixels = torch.from_numpy(batch).to(self.device, non_blocking=True).to(self.dtype)
-        hidden = self.model(pixel_values=pixels).last_hidden_state
+        hidden = self.model(pixel_values=pixels, **self.backbone_spec.forward_kwargs).last_hidden_state
         hidden = torch.nn.functional.normalize(hidden.float(), dim=-1)
-        cls = hidden[:, 0]
-        patches = hidden[:, self.num_prefix_tokens :]
+        cls, patches = split_tokens(hidden, self.backbone_spec, self.num_prefix_tokens)
         return patches.cpu().numpy(), cls.cpu().numpy()
 
     def extract(self, rgb: np.ndarray) -> Features:

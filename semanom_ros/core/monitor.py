@@ -72,6 +72,7 @@ class Monitor:
         config: PipelineConfig,
         bank: NominalBank | str | Path,
         extractor: FeatureExtractor | None = None,
+        instance_pipeline: Any = None,
     ) -> None:
         # A private copy: runtime changes (threshold, alpha) must not leak into the caller's config.
         config = dataclasses.replace(config).validate()
@@ -81,6 +82,7 @@ class Monitor:
         self.extractor = extractor or FeatureExtractor(
             config.model, config.input_height, config.device, config.dtype, config.max_input_width
         )
+        _check_bank_kind(self.bank, config.mode)
         check_signature(self.bank.signature, signature_of(self.extractor))
         if len(self.bank) == 0:
             raise BankError("the bank is empty; build it from nominal frames first")
@@ -88,6 +90,12 @@ class Monitor:
         self._ignore_cache: dict[tuple[int, int, int, int], np.ndarray] = {}
         self.threshold = self._initial_threshold()
         self.bank._ensure_index()  # build the index now, not on the first frame
+        # instance / combined mode: OWLv2 + SAM 2 + the instance bank (semanom_ros.core.instances).
+        self.instance_scorer = None
+        if config.mode != "patch":
+            from .instances import InstanceScorer
+
+            self.instance_scorer = InstanceScorer.for_monitor(self, instance_pipeline)
 
     # -- thresholds -------------------------------------------------------------------------
     def _initial_threshold(self) -> float:
@@ -113,6 +121,8 @@ class Monitor:
         if not self.bank.calibration:
             raise ConfigError("alpha: the bank holds no calibration to re-derive a threshold from")
         self.threshold = threshold_for_alpha(self.bank.calibration, alpha, self.config.calibration_level)
+        if self.instance_scorer is not None and self.config.mode == "combined" and self.config.instance_threshold is None:
+            self.instance_scorer.set_alpha(alpha)
         self.config.alpha = float(alpha)
         self.config.threshold = None
         return self.threshold
@@ -141,13 +151,18 @@ class Monitor:
         t0 = time.perf_counter()
         features = self.extractor.extract(rgb)
         t1 = time.perf_counter()
-        result = self.score_features(features, rgb, extra_ignore)
+        if self.instance_scorer is not None:
+            result = self.instance_scorer.process(self, features, rgb, extra_ignore)
+        else:
+            result = self.score_features(features, rgb, extra_ignore)
         result.timings_ms = {"features": (t1 - t0) * 1e3, **result.timings_ms}
         return result
 
     def score_features(
         self, features: Features, rgb: np.ndarray | None = None, extra_ignore: np.ndarray | None = None
     ) -> AnomalyResult:
+        if self.config.mode == "instance":
+            raise ConfigError("score_features scores patches against a patch bank; in instance mode call process(rgb)")
         t0 = time.perf_counter()
         ignore = self.ignore_patches(features.image_size, features.grid_shape)
         if extra_ignore is not None:
@@ -162,8 +177,13 @@ class Monitor:
         score_map = upsample_scores(grid, features.image_size)
         mask, labels, components = threshold_components(score_map, self.threshold, self.config.min_component_area_px)
         t2 = time.perf_counter()
+        is_anomalous = bool(components)
+        if self.config.image_decision == "majority":
+            from .scene import majority_vote  # alternative image decision: at least half the patches
+
+            is_anomalous = majority_vote(grid, self.threshold, self.config.majority_fraction, ignore)[0]
         return AnomalyResult(
-            is_anomalous=bool(components),
+            is_anomalous=is_anomalous,
             score=image_score(grid),
             threshold=self.threshold,
             score_map=score_map,
@@ -176,13 +196,34 @@ class Monitor:
 
     def overlay(self, rgb: np.ndarray, result: AnomalyResult) -> np.ndarray:
         """BGR8 visualisation of a result on its frame."""
-        return render_overlay(
+        image = render_overlay(
             rgb, result.score_map, result.mask, result.components, result.threshold, self.config.overlay_alpha
         )
+        if result.instances:
+            from .instances import draw_instances
+
+            image = draw_instances(image, result.instances)
+        return image
 
     def release(self) -> None:
+        if getattr(self, "instance_scorer", None) is not None:
+            self.instance_scorer.release()
         self.extractor.release()
         self.bank._index = None
+
+
+def _check_bank_kind(bank: NominalBank, mode: str) -> None:
+    """Instance banks only in instance mode (its vectors are objects, not patches), and vice versa."""
+    if mode == "instance" and bank.kind != "instance":
+        raise BankError(
+            f"mode instance needs an instance bank; this bank is of kind {bank.kind!r} "
+            "(build one with 'semanom-bank build --mode instance')"
+        )
+    if mode != "instance" and bank.kind == "instance":
+        raise BankError(
+            f"mode {mode} scores patches but this is an instance bank; set mode: instance"
+            + (" (in combined mode the instance bank goes in instance_bank)" if mode == "combined" else "")
+        )
 
 
 def signature_of(extractor: FeatureExtractor) -> ModelSignature:
@@ -236,18 +277,23 @@ class PatchBankBuilder:
         batch, self._pending = self._pending, []
         feats = self.extractor.extract_batch([f.rgb for f in batch])
         for frame, feat in zip(batch, feats):
-            keep = None
-            ignore_px = self._frame_ignore(frame, feat.image_size)
-            if ignore_px is not None:
-                keep = ~patch_mask_from_pixels(ignore_px, feat.grid_shape, self.config.ignore_patch_fraction)
-            self.bank.add_patch_grid(
-                feat.patches,
-                source=str(frame.source),
-                index=int(frame.index),
-                stamp_ns=int(getattr(frame, "stamp_ns", 0) or 0),
-                topic=getattr(frame, "topic", None),
-                keep=keep,
-            )
+            self.add_features(frame, feat)
+
+    def add_features(self, frame: FrameLike, feat: Features) -> int:
+        """Add one frame whose features are already extracted (callers that look at the features
+        first, e.g. to skip near duplicates by CLS similarity); returns the frame's id in the bank."""
+        keep = None
+        ignore_px = self._frame_ignore(frame, feat.image_size)
+        if ignore_px is not None:
+            keep = ~patch_mask_from_pixels(ignore_px, feat.grid_shape, self.config.ignore_patch_fraction)
+        return self.bank.add_patch_grid(
+            feat.patches,
+            source=str(frame.source),
+            index=int(frame.index),
+            stamp_ns=int(getattr(frame, "stamp_ns", 0) or 0),
+            topic=getattr(frame, "topic", None),
+            keep=keep,
+        )
 
     def _frame_ignore(self, frame: Any, size: tuple[int, int]) -> np.ndarray | None:
         masks = []

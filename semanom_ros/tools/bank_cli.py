@@ -1,0 +1,358 @@
+"""semanom-bank: build, extend, inspect, recalibrate, merge and shrink nominal banks.
+
+    semanom-bank build ../shared/data/highway/bag_mcap -o banks/highway --model ../shared/models/dinov2-small
+    semanom-bank build drive2/ -o banks/highway --append --stride 2
+    semanom-bank info banks/highway [--json]
+    semanom-bank calibrate banks/highway --alpha 0.995 --window 25
+    semanom-bank merge banks/a banks/b -o banks/ab
+    semanom-bank coreset banks/highway -o banks/highway_25 --fraction 0.25
+
+Settings: defaults < the existing bank's (``--append``) < ``--config`` YAML (a PipelineConfig
+mapping or the bank_builder_node parameter file) < flags. Errors print one line to stderr and
+exit 1 (``--debug`` shows the traceback); Ctrl-C or SIGTERM exits 130 and leaves the bank at
+the output path as it was (every write is an atomic directory swap).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from semanom_ros.core.errors import SemanomError
+
+PROG = "semanom-bank"
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer >= 1")
+    return value
+
+
+def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument("--alpha", type=float, help="threshold = alpha-quantile of leave-one-out nominal scores (default 0.999)")
+    g.add_argument("--window", type=int, dest="calibration_window",
+                   help="frames on each side of a nominal frame left out of its leave-one-out search (default 12)")
+    g.add_argument("--k", type=_positive_int, help="nearest bank vectors averaged per patch (default 1)")
+    g.add_argument("--level", choices=("patch", "image"), dest="calibration_level",
+                   help="quantile over all patch scores (default) or over each frame's highest score")
+    g.add_argument("--calibration-frames", type=_positive_int, dest="calibration_max_frames",
+                   help="at most this many bank frames are scored (evenly spaced; default 300)")
+    g.add_argument("--smoothing", type=float, dest="score_smoothing_sigma",
+                   help="Gaussian smoothing of the patch score grid in patches (default 0)")
+
+
+_CAL_FIELDS = ("alpha", "calibration_window", "k", "calibration_level", "calibration_max_frames", "score_smoothing_sigma")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Build and manage nominal embedding banks for semanom_ros.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="embed nominal bags / image folders into a calibrated bank",
+                       description="Embed the frames of nominal rosbag2 bags (directory, .mcap or .db3) or image "
+                       "folders into a bank directory, calibrate it and save it atomically.")
+    b.add_argument("sources", nargs="+", metavar="SOURCE", help="rosbag2 bag (directory or file) or image folder")
+    b.add_argument("-o", "--output", required=True, metavar="BANK", help="bank directory to write (or extend with --append)")
+    b.add_argument("--config", metavar="YAML", help="settings file (PipelineConfig keys and build keys, or the node's parameter file)")
+    b.add_argument("--topic", help="image topic (default: the Image/CompressedImage topic with the most messages)")
+    m = b.add_argument_group("model")
+    m.add_argument("--model", help="DINOv2 hub id or local folder (default facebook/dinov2-small)")
+    m.add_argument("--input-height", type=int, dest="input_height", help="backbone input height in pixels (default 224)")
+    m.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    m.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
+    m.add_argument("--batch-size", type=_positive_int, dest="batch_size", help="frames per forward pass (default 8)")
+    m.add_argument("--threads", type=int, dest="num_threads", help="torch/faiss CPU threads (0 = library default)")
+    m.add_argument("--mode", choices=("patch", "instance"), help="patch bank (default) or instance bank (OWLv2 + SAM 2)")
+    s = b.add_argument_group("frame selection")
+    s.add_argument("--start", type=float, dest="start_s", metavar="S",
+                   help="first receive time: seconds from the bag's start, or an absolute Unix time (>= 1e9)")
+    s.add_argument("--end", type=float, dest="end_s", metavar="S", help="end of the time range (exclusive), same units")
+    s.add_argument("--stride", type=_positive_int, help="keep every n-th message")
+    s.add_argument("--min-interval", type=float, dest="min_interval_s", metavar="S",
+                   help="drop a message received sooner than S seconds after the previous kept one")
+    s.add_argument("--dedup-similarity", type=float, dest="dedup_similarity", metavar="SIM",
+                   help="skip a frame whose CLS cosine similarity to the last kept frame is >= SIM (e.g. 0.98)")
+    s.add_argument("--max-frames", type=_positive_int, dest="max_frames", help="at most this many frames go into the bank")
+    s.add_argument("--fps", type=float, help="image folders: frame rate for time stamps (default 10)")
+    s.add_argument("--ignore-mask", dest="ignore_mask", metavar="PNG",
+                   help="image whose non-zero pixels (e.g. the ego bonnet) are left out of every frame")
+    o = b.add_argument_group("output")
+    o.add_argument("--append", action="store_true", help="add to the existing bank at -o (same model and input size)")
+    c = o.add_mutually_exclusive_group()
+    c.add_argument("--coreset-fraction", type=float, dest="coreset_fraction", metavar="F",
+                   help="greedy k-center coreset keeping this fraction (0, 1] of the vectors")
+    c.add_argument("--coreset-size", type=_positive_int, dest="coreset_size", metavar="N",
+                   help="greedy k-center coreset of N vectors")
+    o.add_argument("--coreset-seed", type=int, dest="coreset_seed", help="seed of the coreset's first centre and projection")
+    o.add_argument("--no-calibrate", action="store_true", help="save without a threshold (calibrate later)")
+    _add_calibration_flags(b)
+    _add_output_flags(b)
+    b.set_defaults(func=cmd_build)
+
+    cal = sub.add_parser("calibrate", help="recompute a bank's threshold (leave-one-out)")
+    cal.add_argument("bank", metavar="BANK")
+    cal.add_argument("-o", "--output", metavar="OUT", help="write the recalibrated bank here (default: in place)")
+    _add_calibration_flags(cal)
+    _add_output_flags(cal)
+    cal.set_defaults(func=cmd_calibrate)
+
+    info = sub.add_parser("info", help="print a bank's manifest: model, sizes, sources, threshold")
+    info.add_argument("bank", metavar="BANK")
+    info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    info.set_defaults(func=cmd_info)
+
+    mg = sub.add_parser("merge", help="join banks of one model into one bank")
+    mg.add_argument("banks", nargs="+", metavar="BANK")
+    mg.add_argument("-o", "--output", required=True, metavar="OUT")
+    mg.add_argument("--no-calibrate", action="store_true", help="save without a threshold")
+    _add_calibration_flags(mg)
+    _add_output_flags(mg)
+    mg.set_defaults(func=cmd_merge)
+
+    cs = sub.add_parser("coreset", help="shrink a bank by greedy k-center subsampling")
+    cs.add_argument("bank", metavar="BANK")
+    cs.add_argument("-o", "--output", required=True, metavar="OUT")
+    g = cs.add_mutually_exclusive_group(required=True)
+    g.add_argument("--fraction", type=float, help="keep this fraction (0, 1] of the vectors")
+    g.add_argument("--size", type=_positive_int, help="keep this many vectors")
+    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--no-calibrate", action="store_true", help="save without a threshold")
+    _add_calibration_flags(cs)
+    _add_output_flags(cs)
+    cs.set_defaults(func=cmd_coreset)
+    return parser
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", default=None, help="always show progress bars")
+    bar.add_argument("--no-progress", action="store_false", dest="progress", help="never show progress bars")
+
+
+# ------------------------------------------------------------------------------------ commands
+def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
+
+
+def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
+    from . import build
+
+    pipeline = _overrides(
+        args, ("model", "input_height", "device", "dtype", "batch_size", "num_threads", "mode", "ignore_mask", *_CAL_FIELDS)
+    )
+    options = _overrides(
+        args, ("topic", "start_s", "end_s", "stride", "min_interval_s", "dedup_similarity", "max_frames", "fps",
+               "coreset_fraction", "coreset_size", "coreset_seed")
+    )
+    if args.no_calibrate:
+        options["calibrate"] = False
+    options["progress"] = args.progress
+    config, opts = build.resolve_settings(
+        args.output, append=args.append, settings_file=args.config, pipeline_overrides=pipeline, build_overrides=options
+    )
+    with _Interruptible(args.output, log):
+        summary = build.build_bank(args.sources, args.output, config, opts, logger=log)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2, default=str))
+    else:
+        print(summary.format_text())
+    return EXIT_ERROR if summary.calibration_error else 0
+
+
+def cmd_calibrate(args: argparse.Namespace, log: logging.Logger) -> int:
+    from . import build
+
+    target = args.output or args.bank
+    with _Interruptible(target, log):
+        bank, cal = build.recalibrate(args.bank, args.output, progress=args.progress, **_overrides(args, _CAL_FIELDS))
+    brief = build._calibration_brief(cal)
+    if args.json:
+        print(json.dumps({"bank": str(Path(target).absolute()), "calibration": brief}, indent=2))
+    else:
+        print(
+            f"calibrated {Path(target).absolute()}: threshold {cal['threshold']:.5f} at alpha {cal['alpha']} "
+            f"({cal['level']} level, k {cal['k']}, window {cal['window']}, {cal['frames_scored']} frames scored)"
+        )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, log: logging.Logger) -> int:
+    from semanom_ros.core.bank import NominalBank
+
+    from . import build
+
+    if args.json:
+        manifest = NominalBank.read_manifest(args.bank)
+        print(json.dumps(manifest, indent=2))
+    else:
+        print(build.describe_bank(args.bank))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace, log: logging.Logger) -> int:
+    from . import build
+
+    with _Interruptible(args.output, log):
+        bank, cal = build.merge_banks(
+            args.banks, args.output, calibrate=not args.no_calibrate, progress=args.progress,
+            **_overrides(args, _CAL_FIELDS),
+        )
+    result = {
+        "bank": str(Path(args.output).absolute()),
+        "merged": [str(Path(b).absolute()) for b in args.banks],
+        "frames": bank.num_frames,
+        "vectors": len(bank),
+        "calibration": build._calibration_brief(cal) if cal else None,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        text = f"merged {len(args.banks)} banks into {result['bank']}: {bank.num_frames} frames, {len(bank)} vectors"
+        if cal:
+            text += f"; threshold {cal['threshold']:.5f} at alpha {cal['alpha']}"
+        print(text)
+    return 0
+
+
+def cmd_coreset(args: argparse.Namespace, log: logging.Logger) -> int:
+    from . import build
+
+    with _Interruptible(args.output, log):
+        bank, result = build.coreset_existing_bank(
+            args.bank, args.output, fraction=args.fraction, count=args.size, seed=args.seed,
+            calibrate=not args.no_calibrate, progress=args.progress, **_overrides(args, _CAL_FIELDS),
+        )
+    info = dict(result.describe(), bank=str(Path(args.output).absolute()))
+    if bank.calibration:
+        info["calibration"] = build._calibration_brief(bank.calibration)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        text = (
+            f"coreset {info['bank']}: {result.from_vectors} -> {result.to_vectors} vectors "
+            f"({100 * result.kept_fraction:.1f} %, {result.shrink_factor:.2f}x smaller) in {result.seconds:.1f} s"
+        )
+        if bank.calibration:
+            text += f"; threshold {bank.calibration['threshold']:.5f} at alpha {bank.calibration['alpha']}"
+        print(text)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ plumbing
+class _Interruptible:
+    """Turns Ctrl-C / SIGTERM during a command into a one-line report on the bank at ``output``."""
+
+    def __init__(self, output: str | Path, log: logging.Logger) -> None:
+        from .build import bank_state
+
+        self.output = Path(output).expanduser().absolute()
+        self.token = bank_state(self.output)
+        self.log = log
+
+    def __enter__(self) -> "_Interruptible":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
+            return False
+        from .build import bank_unchanged_since
+
+        if bank_unchanged_since(self.output, self.token):
+            where = f"bank at {self.output} unchanged" if self.token is not None else f"no bank written at {self.output}"
+        else:
+            where = f"the new bank at {self.output} had already been saved"
+        raise _Interrupted(f"interrupted; {where}")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (main() may run many times in one process)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _logger() -> logging.Logger:
+    log = logging.getLogger("semanom_ros.bank")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO)
+    return log
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``semanom-bank``; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log = _logger()
+    previous = None
+    try:
+        # SIGTERM (kill, systemd, a CI timeout) gets the same clean exit as Ctrl-C.
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    except ValueError:  # not the main thread (called from a test or another program's thread)
+        pass
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(loggers=[log]):
+            return int(args.func(args, log))
+    except _Interrupted as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `semanom-bank info BANK | head`: the reader left, nothing to report
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stops the interpreter's flush error at exit
+        except OSError:
+            pass
+        return 0
+    except (SemanomError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - one line instead of a traceback; --debug shows it
+        if args.debug:
+            raise
+        print(f"{PROG} {args.command}: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
