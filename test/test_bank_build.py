@@ -78,7 +78,7 @@ def test_real_bags_both_storages_give_the_same_bank(tmp_path, config, extractor)
         m = NominalBank.read_manifest(out)
         assert m["num_frames"] == 50 and m["model"]["input_height"] == H
         assert m["model"]["fingerprint"] == extractor.fingerprint
-        assert m["sources"] == [{"name": str(bag), "topic": COMP, "first_stamp_ns": T0,
+        assert m["sources"] == [{"name": str(bag.resolve()), "topic": COMP, "first_stamp_ns": T0,
                                  "last_stamp_ns": T0 + 147 * 40_000_000, "frames": 50}]
         assert m["calibration"]["threshold"] > 0 and m["calibration"]["window"] == 2
         (record,) = m["extra"]["builds"]
