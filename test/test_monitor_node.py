@@ -498,3 +498,20 @@ def test_parameter_file_lists_every_parameter_with_its_default():
     assert set(values) == {spec.name for spec in MONITOR_PARAMS}
     for spec in MONITOR_PARAMS:
         assert values[spec.name] == spec.default and type(values[spec.name]) is type(spec.default), spec.name
+
+
+def test_prompt_parameters_are_live_and_bad_values_are_rejected(harness, tiny_bank):
+    h = harness({"bank_path": str(tiny_bank)})
+    h.activate()
+    node = h.node
+    assert list(node._param("nominal_prompts")) == [] and node.monitor.prompt_scorer is None
+    result = node.set_parameters([Parameter("prompt_fusion_weight", value=1.5)])[0]
+    assert not result.successful and result.reason
+    # In range but no prompts to score: the Monitor's ConfigError is the reason, the old value stays.
+    result = node.set_parameters([Parameter("prompt_fusion_weight", value=0.5)])[0]
+    assert not result.successful and "at least one prompt" in result.reason
+    assert node.get_parameter("prompt_fusion_weight").value == 0.0
+    assert node.monitor.config.prompt_fusion_weight == 0.0
+    # Prompts alone are stored (no scorer is built while the weight is 0).
+    assert node.set_parameters([Parameter("nominal_prompts", value=["road", "sky"])])[0].successful
+    assert node.monitor.config.nominal_prompts == ["road", "sky"] and node.monitor.prompt_scorer is None

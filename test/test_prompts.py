@@ -108,3 +108,74 @@ def test_prompt_config_fields_validate():
         PipelineConfig(kmeans_k_range=[1, 4]).validate()
     with pytest.raises(ConfigError, match="image_decision"):
         PipelineConfig(image_decision="vote").validate()
+
+
+# -- wired into the Monitor -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_patch_bank(tmp_path_factory):
+    from types import SimpleNamespace
+
+    from conftest import textured_frame
+    from semanom_ros.core import PatchBankBuilder, PipelineConfig
+    from tiny_models import save_tiny_dinov2
+
+    model = str(save_tiny_dinov2(tmp_path_factory.mktemp("dino")))
+    cfg = PipelineConfig(model=model, input_height=56, calibration_window=0, alpha=0.99, min_component_area_px=0,
+                         device="cpu", dtype="float32")
+    builder = PatchBankBuilder(cfg)
+    builder.add_all(SimpleNamespace(rgb=textured_frame(100 + i % 3), source="seq", index=i, stamp_ns=i)
+                    for i in range(4))
+    builder.calibrate()
+    return cfg, builder
+
+
+def test_monitor_fuses_the_prompt_map_into_the_knn_grid(tiny_patch_bank, tiny_owl):
+    from conftest import textured_frame
+    from semanom_ros.core import Monitor
+
+    cfg, builder = tiny_patch_bank
+    prompt_cfg = cfg.replace(prompt_model=tiny_owl, nominal_prompts=["road", "sky"], anomaly_prompts=["cat"],
+                             prompt_fusion_weight=0.5)
+    plain = Monitor(cfg.replace(prompt_model=tiny_owl), builder.bank, extractor=builder.extractor)
+    fused = Monitor(prompt_cfg, builder.bank, extractor=builder.extractor)
+    frame = textured_frame(7)
+    knn_grid = plain.process(frame).patch_scores
+    result = fused.process(frame)
+    assert fused.threshold == plain.threshold  # the calibrated kNN threshold is kept
+    prompt_map = fused.prompt_scorer.score_map(frame, knn_grid.shape)
+    expected = fuse_score_maps(knn_grid, prompt_map, 0.5, plain.threshold)
+    np.testing.assert_allclose(result.patch_scores, expected, rtol=1e-5, atol=1e-6)
+    assert "prompts" in result.timings_ms
+
+    # Run-time prompts change the fused grid; weight 0 keeps the scorer but skips fusion.
+    fused.set_prompts(["road"], ["dog", "cat"])
+    changed = fused.process(frame).patch_scores
+    assert not np.allclose(changed, result.patch_scores)
+    fused.set_prompt_fusion_weight(0.0)
+    assert fused.prompt_scorer is not None
+    np.testing.assert_allclose(fused.process(frame).patch_scores, knn_grid, rtol=1e-6)
+    with pytest.raises(ConfigError, match="prompt_fusion_weight"):
+        fused.set_prompt_fusion_weight(1.5)
+    with pytest.raises(ConfigError, match="at least one concept"):
+        fused.set_prompts([], [])
+
+    # Raising the weight from 0 on a monitor without a scorer builds one from its config.
+    with pytest.raises(ConfigError, match="at least one prompt"):
+        plain.set_prompt_fusion_weight(0.5)
+    plain.set_prompts(["road", "sky"], ["cat"])
+    assert plain.prompt_scorer is None
+    plain.set_prompt_fusion_weight(0.5)
+    assert plain.prompt_scorer is not None
+    fused.release()
+    assert fused.prompt_scorer is None
+
+
+def test_monitor_refuses_prompt_fusion_without_a_model_or_prompts(tiny_patch_bank):
+    from semanom_ros.core import Monitor
+
+    cfg, builder = tiny_patch_bank
+    with pytest.raises(ConfigError, match="at least one prompt"):
+        Monitor(cfg.replace(prompt_fusion_weight=0.5), builder.bank, extractor=builder.extractor)
+    with pytest.raises(ConfigError, match="prompt_model"):
+        Monitor(cfg.replace(prompt_fusion_weight=0.5, prompt_model="", nominal_prompts=["road"]),
+                builder.bank, extractor=builder.extractor)

@@ -96,6 +96,48 @@ class Monitor:
             from .instances import InstanceScorer
 
             self.instance_scorer = InstanceScorer.for_monitor(self, instance_pipeline)
+        # Language-prompt fusion (semanom_ros.core.prompts), patch grid only. The threshold stays the
+        # calibrated kNN one: the fusion rule maps prompt probability 0.5 onto it, so no re-calibration.
+        self.prompt_scorer = None
+        if config.prompt_fusion_weight > 0 and config.mode == "patch":
+            self._build_prompt_scorer()
+
+    def _build_prompt_scorer(self) -> None:
+        from .prompts import PromptScorer
+
+        if not str(self.config.prompt_model or "").strip():
+            raise ConfigError("prompt_model: prompt_fusion_weight > 0 needs an OWLv2 hub id or folder")
+        if not self.config.nominal_prompts and not self.config.anomaly_prompts:
+            raise ConfigError(
+                "nominal_prompts / anomaly_prompts: prompt_fusion_weight > 0 needs at least one prompt, "
+                "e.g. nominal_prompts: ['road', 'car', 'sky']"
+            )
+        self.prompt_scorer = PromptScorer.from_config(self.config)
+
+    def set_prompts(self, nominal_prompts: list[str] | None, anomaly_prompts: list[str] | None) -> None:
+        """Replace the language prompts (re-embedded now when a prompt scorer exists)."""
+        nominal, anomaly = list(nominal_prompts or []), list(anomaly_prompts or [])
+        if self.prompt_scorer is not None:
+            self.prompt_scorer.set_prompts(nominal, anomaly)  # ConfigError leaves the old prompts in place
+        else:
+            from .prompts import parse_prompts
+
+            parse_prompts(nominal), parse_prompts(anomaly)  # reject malformed entries now, not at first use
+        self.config.nominal_prompts, self.config.anomaly_prompts = nominal, anomaly
+
+    def set_prompt_fusion_weight(self, weight: float) -> None:
+        """0 skips fusion (the scorer is kept); raising it from 0 builds the scorer if needed."""
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise ConfigError(f"prompt_fusion_weight: {weight!r} is not a number") from None
+        if not 0.0 <= weight <= 1.0:
+            raise ConfigError(f"prompt_fusion_weight: {weight} must be in [0, 1] (0 = prompts off)")
+        if weight > 0 and self.config.mode != "patch":
+            raise ConfigError("prompt_fusion_weight: prompt fusion applies to mode 'patch' only")
+        if weight > 0 and self.prompt_scorer is None:
+            self._build_prompt_scorer()
+        self.config.prompt_fusion_weight = weight
 
     # -- thresholds -------------------------------------------------------------------------
     def _initial_threshold(self) -> float:
@@ -174,9 +216,19 @@ class Monitor:
             self.bank, features.patches, self.config.k, ignore, self.config.score_smoothing_sigma
         )
         t1 = time.perf_counter()
+        weight = self.config.prompt_fusion_weight
+        fused_prompts = self.prompt_scorer is not None and weight > 0 and rgb is not None
+        if fused_prompts:
+            from .prompts import fuse_score_maps
+
+            grid = fuse_score_maps(grid, self.prompt_scorer.score_map(rgb, grid.shape), weight, self.threshold)
+        t_prompts = time.perf_counter()
         score_map = upsample_scores(grid, features.image_size)
         mask, labels, components = threshold_components(score_map, self.threshold, self.config.min_component_area_px)
         t2 = time.perf_counter()
+        timings = {"search": (t1 - t0) * 1e3, "maps": (t2 - t_prompts) * 1e3}
+        if fused_prompts:
+            timings["prompts"] = (t_prompts - t1) * 1e3  # only when the prompt map was fused
         is_anomalous = bool(components)
         if self.config.image_decision == "majority":
             from .scene import majority_vote  # alternative image decision: at least half the patches
@@ -191,7 +243,7 @@ class Monitor:
             labels=labels,
             components=components,
             patch_scores=grid,
-            timings_ms={"search": (t1 - t0) * 1e3, "maps": (t2 - t1) * 1e3},
+            timings_ms=timings,
         )
 
     def overlay(self, rgb: np.ndarray, result: AnomalyResult) -> np.ndarray:
@@ -208,6 +260,9 @@ class Monitor:
     def release(self) -> None:
         if getattr(self, "instance_scorer", None) is not None:
             self.instance_scorer.release()
+        if getattr(self, "prompt_scorer", None) is not None:
+            self.prompt_scorer.release()
+            self.prompt_scorer = None
         self.extractor.release()
         self.bank._index = None
 

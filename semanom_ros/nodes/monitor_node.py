@@ -35,6 +35,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float32, Header
@@ -219,7 +220,10 @@ class MonitorNode(LifecycleNode):
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _param(self, name: str) -> Any:
-        return self.get_parameter(name).value
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # an empty string array is declared typed but unset
+            return ros_params.SPECS_BY_NAME[name].default
 
     @property
     def monitor(self) -> Monitor | None:
@@ -525,6 +529,12 @@ class MonitorNode(LifecycleNode):
                 monitor.config.min_component_area_px = int(changes["min_component_area_px"])
             if "overlay_alpha" in changes:
                 monitor.config.overlay_alpha = float(changes["overlay_alpha"])
+            if "nominal_prompts" in changes or "anomaly_prompts" in changes:
+                nominal = changes.get("nominal_prompts", self._param("nominal_prompts"))
+                anomaly = changes.get("anomaly_prompts", self._param("anomaly_prompts"))
+                monitor.set_prompts(list(nominal or []), list(anomaly or []))  # re-embeds; raises on bad prompts
+            if "prompt_fusion_weight" in changes:
+                monitor.set_prompt_fusion_weight(float(changes["prompt_fusion_weight"]))
         if "threshold" in changes or "alpha" in changes:
             self.get_logger().info(f"threshold is now {monitor.threshold:.4f}")
 

@@ -49,6 +49,8 @@ class ParamSpec:
 
     def to_config(self, value: Any) -> Any:
         """The PipelineConfig value for a ROS parameter value (sentinels -> None)."""
+        if isinstance(self.default, list):  # string arrays (declared unset when empty: ROS cannot type [])
+            return [str(v) for v in (value or [])]
         if self.none_if is _NOT_OPTIONAL:
             return value
         if self.none_if == "negative":
@@ -150,12 +152,23 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               int_range=(0, 10**9)),
     _pipeline("combined_min_outside_fraction", "combined mode: fraction of a patch region outside every "
               "instance for it to count.", float_range=(0.0, 1.0)),
+    # -- language prompts (semanom_ros.core.prompts; patch mode) -----------------------------------------------
+    _pipeline("prompt_model", "OWLv2 hub id or folder scoring the text prompts per location."),
+    _pipeline("prompt_input_size", "OWLv2 square input side for the prompts; 0 = the checkpoint's.",
+              int_range=(0, 4096)),
+    _pipeline("nominal_prompts", "Concepts that belong in the scene, e.g. ['road: asphalt road | road', 'car'] "
+              "(bare names use the default templates).", when=RUNTIME),
+    _pipeline("anomaly_prompts", "Concepts that must never appear, e.g. ['animal', 'debris'].", when=RUNTIME),
+    _pipeline("prompt_fusion_weight", "Weight of the prompt map fused into the kNN patch scores, in [0, 1]; "
+              "0 = prompts off (the calibrated kNN threshold stays valid: prompt probability 0.5 maps onto it).",
+              when=RUNTIME, float_range=(0.0, 1.0)),
 )
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in MONITOR_PARAMS}
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+          list: ParameterType.PARAMETER_STRING_ARRAY}
 
 
 def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
@@ -183,7 +196,13 @@ def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
 
 def declare_all(node: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> None:
     """Declare every spec on ``node`` (values from --ros-args / parameter files override the defaults)."""
-    node.declare_parameters("", [(spec.name, spec.default, descriptor_for(spec)) for spec in specs])
+    from rclpy.parameter import Parameter
+
+    # An empty list has no ROS type of its own (rclpy infers a byte array): declare it typed and unset.
+    node.declare_parameters("", [
+        (spec.name, Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default, descriptor_for(spec))
+        for spec in specs
+    ])
 
 
 def check_choice(name: str, value: Any) -> str | None:
