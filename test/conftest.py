@@ -2,11 +2,14 @@
 from_pretrained path users take, and the location of ../shared (real weights and data)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tiny_models import save_tiny_dinov2
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,23 +26,6 @@ def shared() -> Path:
     if not (path / "models" / "dinov2-small" / "model.safetensors").is_file():
         pytest.skip(f"real weights and data not found under {path} (set SEMANOM_SHARED)")
     return path
-
-
-def save_tiny_dinov2(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(seed)
-    cfg = Dinov2Config(
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden_size,
-        patch_size=14,
-        image_size=56,
-    )
-    Dinov2Model(cfg).eval().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +75,24 @@ def highway_bank(shared, tmp_path_factory):
     builder.calibrate()
     path = builder.bank.save(tmp_path_factory.mktemp("banks") / "highway")
     return cfg, path
+
+
+@contextlib.contextmanager
+def isolated_ros_context(domain_low: int, domain_high: int):
+    """An rclpy context of its own on a random domain id in [domain_low, domain_high] (test modules use
+    disjoint ranges so parallel runs do not see each other), discovery limited to this machine."""
+    import random
+
+    import rclpy
+    from rclpy.context import Context
+
+    domain = random.SystemRandom().randint(domain_low, domain_high)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_DOMAIN_ID", str(domain))
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        context = Context()
+        rclpy.init(context=context, domain_id=domain)
+        try:
+            yield context
+        finally:
+            rclpy.shutdown(context=context)

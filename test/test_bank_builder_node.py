@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from conftest import textured_frame  # noqa: E402
+from conftest import isolated_ros_context, textured_frame  # noqa: E402
 from semanom_ros.core.bank import NominalBank  # noqa: E402
 from semanom_ros.core.errors import BankMismatchError, ConfigError  # noqa: E402
 from semanom_ros.io.bagwrite import write_image_bag  # noqa: E402
@@ -38,16 +37,8 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def ros_context():
-    domain = random.SystemRandom().randint(101, 200)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_DOMAIN_ID", str(domain))
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        context = Context()
-        rclpy.init(context=context, domain_id=domain)
-        try:
-            yield context
-        finally:
-            rclpy.shutdown(context=context)
+    with isolated_ros_context(101, 200) as context:
+        yield context
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -25,7 +25,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, Float32  # noqa: E402
 
-from conftest import textured_frame  # noqa: E402
+from conftest import isolated_ros_context, textured_frame  # noqa: E402
 from semanom_ros.core import PatchBankBuilder, PipelineConfig, build_instance_bank  # noqa: E402
 from semanom_ros.io.images import encode_image  # noqa: E402
 from semanom_ros.nodes.monitor_node import MonitorNode  # noqa: E402
@@ -39,16 +39,8 @@ OUTPUTS = {"is_anomalous": Bool, "score": Float32, "score_map": Image, "overlay"
 
 @pytest.fixture(scope="module")
 def ros_context():
-    domain = random.SystemRandom().randint(201, 230)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_DOMAIN_ID", str(domain))
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        context = Context()
-        rclpy.init(context=context, domain_id=domain)
-        try:
-            yield context
-        finally:
-            rclpy.shutdown(context=context)
+    with isolated_ros_context(201, 230) as context:
+        yield context
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 import py_compile
-import random
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Bool, Float32  # noqa: E402
 
-from conftest import read_rgb, textured_frame  # noqa: E402
+from conftest import isolated_ros_context, read_rgb, textured_frame  # noqa: E402
 from semanom_ros.core import PatchBankBuilder, PipelineConfig  # noqa: E402
 from semanom_ros.io.images import encode_compressed, encode_image  # noqa: E402
 from semanom_ros.nodes.monitor_node import LatestFrameSlot, MonitorNode  # noqa: E402
@@ -47,17 +46,8 @@ _names = itertools.count()
 # -- fixtures ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ros_context():
-    """An rclpy context of our own on a random domain, discovery limited to this machine."""
-    domain = random.SystemRandom().randint(1, 100)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_DOMAIN_ID", str(domain))
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        context = Context()
-        rclpy.init(context=context, domain_id=domain)
-        try:
-            yield context
-        finally:
-            rclpy.shutdown(context=context)
+    with isolated_ros_context(1, 100) as context:
+        yield context
 
 
 def _build_bank(model: str, frames: list[np.ndarray], path: Path, input_height: int, **cfg: Any) -> Path:
