@@ -2,8 +2,10 @@
 """Search scaling: query time, recall@1, memory and build time of each index type vs bank size.
 
 Bank vectors above the ~67k real DINOv2-S patch embeddings of the 150 nominal highway frames are
-synthetic but drawn near real ones (a real vector, or a mix of two, plus small Gaussian noise,
-renormalised), so neighbourhoods look like real data. Queries are real patches of test frames
+synthetic re-drives of that sequence (each frame's patches, noisy and partly mixed with a nearby
+frame's, renormalised), so neighbourhoods and the frame structure look like real data. The
+``auto`` row is the product path: a NominalBank with default settings, its index type chosen by
+size and its search depth tuned at build time on held-out frames. Queries are real patches of test frames
 that are not in the bank; one frame at input height 224 is 16 x 28 = 448 queries.
 
 Every figure comes from one run on one machine: the NumPy brute-force baseline (chunked
@@ -24,28 +26,50 @@ import numpy as np
 
 from _common import machine, markdown_table, model_dir, pin_threads, read_rgb, real_embeddings, save_json, shared_dir, timed
 
-ALL_TYPES = ("numpy", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw")
+ALL_TYPES = ("numpy", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw", "auto")
 # Above these sizes a type is skipped unless --types names it (minutes to build or to query on 2 cores).
 QUICK_LIMITS = {"numpy": 2_000_000, "flat": 2_000_000, "flat_fp16": 100_000, "ivf": 2_000_000,
-                "ivfpq": 100_000, "hnsw": 100_000}
+                "ivfpq": 100_000, "hnsw": 100_000, "auto": 2_000_000}
 
 
-def synthetic_bank(real: np.ndarray, n: int, seed: int, noise: float = 0.015, block: int = 1 << 17) -> np.ndarray:
-    """(n, D) float16 unit vectors: the real ones first, then noisy copies and mixes of them."""
+def synthetic_bank(real: np.ndarray, n: int, seed: int, noise: float = 0.015, per_frame: int = 448) -> np.ndarray:
+    """(n, D) float16 unit vectors: the real drive first, then synthetic re-drives of it.
+
+    A synthetic frame t repeats real frame t (mod 150) patch by patch, each patch noisy and half
+    of them mixed with the same patch of a frame up to 3 steps away, renormalised: a fleet
+    passing the same road again. Vectors stay in frame order, so the bank's frame structure
+    (what its build-time recall probe holds out) is like a real one.
+    """
     rng = np.random.default_rng(seed)
     real32 = np.asarray(real, np.float32)
+    frames = len(real32) // per_frame
     out = np.empty((n, real.shape[1]), np.float16)
     take = min(n, len(real32))
     out[:take] = real32[:take]
+    block = per_frame * 256
     for start in range(take, n, block):
         m = min(block, n - start)
-        a = real32[rng.integers(0, len(real32), m)]
-        b = real32[rng.integers(0, len(real32), m)]
+        pos = np.arange(start, start + m)
+        frame, patch = (pos // per_frame) % frames, pos % per_frame
+        near = np.clip(frame + rng.integers(-3, 4, m), 0, frames - 1)
+        a = real32[frame * per_frame + patch]
+        b = real32[near * per_frame + patch]
         w = np.where(rng.random(m) < 0.5, 1.0, rng.uniform(0.6, 1.0, m)).astype(np.float32)[:, None]
         v = w * a + (1.0 - w) * b + noise * rng.standard_normal(a.shape).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         out[start : start + m] = v
     return out
+
+
+def product_bank(vectors: np.ndarray, per_frame: int = 448):
+    """The synthetic vectors as a NominalBank, indexed exactly as a built bank would be (index_type auto)."""
+    from semanom_ros.core.bank import ModelSignature, NominalBank
+    from semanom_ros.core.config import PipelineConfig
+
+    sig = ModelSignature(model="bench", fingerprint="synthetic", input_height=224, dim=vectors.shape[1])
+    bank = NominalBank.from_vectors(vectors, sig, frame_of_vector=np.arange(len(vectors)) // per_frame)
+    bank.config = PipelineConfig(device="cpu").to_dict()
+    return bank
 
 
 def numpy_search(x32: np.ndarray, q: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +107,9 @@ def sweep(index, kind, n, one_frame, queries, true_s, true_i, forward_ms, tuned_
     from semanom_ros.core.index import search_depth, set_search_depth
 
     tuned = search_depth(index)
-    depths = (4, 8, 16, 32, 64, 128) if kind != "hnsw" else (16, 32, 64, 128, 256)
+    depths = (4, 8, 16, 32, 64, 128) if kind != "hnsw" else (16, 32, 64, 128, 192, 256, 384)
+    if tuned not in depths:
+        depths = tuple(sorted((*depths, tuned)))
     rows = []
     for depth in depths:
         set_search_depth(index, depth)
@@ -108,7 +134,8 @@ def main() -> None:
     ap.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
     ap.add_argument("--ef-construction", type=int, default=64, help="HNSW build depth")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = about 4 sqrt(N))")
-    ap.add_argument("--sweep", default="ivf", help="index types whose nprobe/efSearch is swept (comma list, '' = none)")
+    ap.add_argument("--sweep", default="", help="index types whose nprobe/efSearch is swept (comma list; the auto row's "
+                    "approximate index is always swept)")
     ap.add_argument("--json-name", default="search_scaling.json", help="file name of the JSON results under --out")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
@@ -150,21 +177,34 @@ def main() -> None:
                 if kind == "flat":
                     del x32  # the flat index holds its own float32 copy; never keep both
                     gc.collect()
-                spec = IndexSpec(type=kind, target_recall=args.target_recall, seed=0, hnsw_m=args.hnsw_m,
-                                 ef_construction=args.ef_construction, nlist=args.nlist)
-                index, info = build_index(bank, spec)
+                if kind == "auto":  # the product: default bank settings, probe-tuned depth
+                    pbank = product_bank(bank)
+                    t_build = time.perf_counter()
+                    index = pbank._ensure_index()
+                    info = dict(pbank.index_info, build_s=time.perf_counter() - t_build)
+                    print(f"    auto -> {info['type']} depth {info['search_depth']}; probe: {info.get('recall_probe')}; "
+                          f"curve {info.get('recall_curve')}", flush=True)
+                else:
+                    spec = IndexSpec(type=kind, target_recall=args.target_recall, seed=0, hnsw_m=args.hnsw_m,
+                                     ef_construction=args.ef_construction, nlist=args.nlist)
+                    index, info = build_index(bank, spec)
                 ms, _ = timed(lambda: index.search(one_frame, 1), reps)
                 # Exact types: one frame is enough to confirm recall 1 (a full pass costs minutes at 1e6).
-                scored = queries if kind in ("ivf", "ivfpq", "hnsw") or n <= 100_000 else one_frame
+                scored = queries if kind in ("ivf", "ivfpq", "hnsw", "auto") or n <= 100_000 else one_frame
                 found_s, found_i = index.search(scored, 1)
                 ids, sims = found_i[:, 0], found_s[:, 0]
                 true_s, true_i = (all_true_s, all_true_i) if len(scored) == len(queries) else (
                     all_true_s[: len(one_frame)], all_true_i[: len(one_frame)])
                 row.update(build_s=info["build_s"], bytes_per_vector=index_bytes(index) / n, query_ms=ms,
-                           depth=search_depth(index), build_recall=info["recall_at_1"], params=info["params"])
-                if kind in args.sweep.split(","):
-                    sweep_rows += sweep(index, kind, n, one_frame, queries, all_true_s, all_true_i, forward_ms, row)
+                           depth=search_depth(index), build_recall=info["recall_at_1"], params=info["params"],
+                           resolved=info["type"], recall_curve=info.get("recall_curve"))
+                if kind == "auto":
+                    row["type"] = f"auto ({info['type']})"
+                if kind in args.sweep.split(",") or (kind == "auto" and info["type"] != "flat"):
+                    sweep_rows += sweep(index, info["type"], n, one_frame, queries, all_true_s, all_true_i, forward_ms, row)
                 del index
+                if kind == "auto":
+                    del pbank
                 gc.collect()
                 if kind == "flat":
                     x32 = bank.astype(np.float32)
@@ -190,7 +230,8 @@ def main() -> None:
         rows,
         [("n", "bank vectors"), ("type", "index"), ("depth", "nprobe/ef"), ("query_ms", "1-frame query ms"),
          ("speedup_vs_numpy", "x NumPy"), ("vs_forward", "/ DINOv2 fwd"), ("recall_at_1", "recall@1"),
-         ("mean_score_err", "mean score err"), ("bytes_per_vector", "B/vector"), ("build_s", "build s")],
+         ("mean_score_err", "mean score err"), ("build_recall", "build-time recall"), ("bytes_per_vector", "B/vector"),
+         ("build_s", "build s")],
     )
     sweep_table = markdown_table(
         sweep_rows,

@@ -3,7 +3,7 @@
 #
 #   bench/run_all.sh                 quick: search scaling at 1e4, 1e5, 1e6 vectors; pipeline at heights 224 and 448
 #   bench/run_all.sh --full          adds 2e6 vectors and every index type at every size (tens of minutes on 2 cores)
-#   THREADS=1 bench/run_all.sh       thread count for torch, faiss and BLAS (default 0 = all cores)
+#   THREADS=1 bench/run_all.sh       thread count for torch, faiss and BLAS (default: all cores, nproc)
 #
 # Needs the real DINOv2-S weights and the highway data under $SEMANOM_SHARED (default ../shared).
 # Benchmarks print figures; nothing here asserts a timing.
@@ -11,7 +11,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-THREADS="${THREADS:-0}"
+THREADS="${THREADS:-$(nproc)}"  # explicit: OMP_NUM_THREADS=1 below would make 0 mean one thread
 OUT="${OUT:-$HERE/results}"
 export SEMANOM_SHARED="${SEMANOM_SHARED:-$(dirname "$ROOT")/shared}"
 # Each library sizes its own pool from --threads; the OpenMP default must not add a third.

@@ -20,6 +20,7 @@ from semanom_ros.core.index import (
     excluding_params,
     search_excluding,
     maybe_to_gpu,
+    probe_truth,
     resolve_num_threads,
     resolve_type,
     search_depth,
@@ -219,12 +220,17 @@ def test_gpu_request_without_gpu_stays_on_cpu(data):
         assert device.startswith("cuda")
 
 
-def test_thread_counts_never_exceed_the_cores():
+def test_thread_counts_never_exceed_the_cores(monkeypatch):
     import torch
 
     before_torch, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
     try:
         cores = len(os.sched_getaffinity(0))
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert resolve_num_threads(0) == cores
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert resolve_num_threads(0) == 1  # 0 respects the environment's pinning
+        monkeypatch.setenv("OMP_NUM_THREADS", "999")
         assert resolve_num_threads(0) == cores
         assert resolve_num_threads(10_000) == cores
         assert configure_threads(1) == 1
@@ -249,3 +255,182 @@ def test_excluded_search_goes_deeper_when_the_probed_lists_are_all_excluded(data
     exact = NominalBank.from_vectors(xs, signature())
     sims_e, _ = exact.search(xs[:50], 1, exclude=exclude)
     assert np.abs(sims - sims_e).max() < 0.02
+
+
+# -- build-time recall probe ---------------------------------------------------------------------
+def video_bank(frames: int = 60, per_frame: int = 40, seed: int = 3) -> NominalBank:
+    """A drive-like bank: each frame's patches drift slowly from the previous frame's."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((per_frame, DIM)).astype(np.float32)
+    vecs = []
+    for _ in range(frames):
+        base = base + 0.25 * rng.standard_normal(base.shape).astype(np.float32)
+        vecs.append(base / np.linalg.norm(base, axis=1, keepdims=True))
+    x = np.concatenate(vecs)
+    bank = NominalBank.from_vectors(x, signature(), frame_of_vector=np.repeat(np.arange(frames), per_frame))
+    bank.config = PipelineConfig(device="cpu", calibration_window=3).to_dict()
+    return bank
+
+
+def test_probe_truth_never_returns_an_excluded_vector():
+    bank = video_bank()
+    probe = bank.recall_probe(IndexSpec(recall_queries=160))
+    assert probe is not None and len(probe.groups) == 16 and "+-3 frames excluded" in probe.description
+    truth = probe_truth(bank.vectors, probe)
+    x = np.asarray(bank.vectors, np.float32)
+    for q0, q1, exclude in probe.groups:
+        sims = probe.queries[q0:q1] @ x.T
+        for a, b in exclude:
+            assert not ((truth[q0:q1] >= a) & (truth[q0:q1] < b)).any()
+            sims[:, a:b] = -np.inf
+        np.testing.assert_array_equal(truth[q0:q1], sims.argmax(1))
+
+
+def test_bank_tunes_its_index_on_held_out_frames_and_records_the_curve():
+    bank = video_bank()
+    bank.set_index_spec(IndexSpec(type="hnsw", hnsw_m=8, ef_construction=16, recall_queries=320, target_recall=0.99))
+    bank.search(bank.frame_vectors(0)[:2], 1)
+    info = bank.index_info
+    assert "bank frames" in info["recall_probe"]
+    curve = info["recall_curve"]
+    depths = [d for d, _ in curve]
+    assert depths == sorted(depths) and info["search_depth"] == depths[-1]
+    assert info["recall_at_1"] == curve[-1][1]
+    # The tuner stops at the first depth meeting the target (or runs out of ladder).
+    assert all(r < 0.99 for _, r in curve[:-1])
+    assert curve[-1][1] >= 0.99 or depths[-1] == 512
+
+
+def test_a_single_frame_bank_falls_back_to_perturbed_vectors(data):
+    x, _ = data
+    bank = NominalBank.from_vectors(x, signature(), frame_of_vector=np.zeros(len(x), int))
+    assert bank.recall_probe(IndexSpec()) is None
+    bank.set_index_spec(IndexSpec(type="ivf", **SMALL))
+    bank.search(x[:3], 1)
+    assert "perturbed" in bank.index_info["recall_probe"]
+
+
+# -- persisted approximate index -----------------------------------------------------------------
+def saved_hnsw_bank(tmp_path) -> tuple[NominalBank, np.ndarray, np.ndarray]:
+    bank = video_bank()
+    bank.config["index_type"] = "hnsw"
+    queries = np.asarray(bank.vectors[::37], np.float32)
+    _, ids = bank.search(queries, 1)
+    bank.save(tmp_path / "bank")
+    return bank, queries, ids
+
+
+def test_saved_approximate_index_is_loaded_not_rebuilt(tmp_path, monkeypatch):
+    bank, queries, ids = saved_hnsw_bank(tmp_path)
+    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    assert "index.faiss" in manifest["files"] and manifest["index"]["type"] == "hnsw"
+    assert "loaded_from" not in manifest["index"]
+
+    import semanom_ros.core.bank as bank_module
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the saved index should have been read, not rebuilt")
+
+    monkeypatch.setattr(bank_module, "build_index", no_build)
+    loaded = NominalBank.load(tmp_path / "bank")
+    _, ids_loaded = loaded.search(queries, 1)
+    np.testing.assert_array_equal(ids_loaded, ids)
+    assert loaded.index_info["loaded_from"].endswith("index.faiss")
+    assert loaded.index_info["recall_at_1"] == bank.index_info["recall_at_1"]
+    assert not loaded.warnings
+    # Re-saving a loaded, never-searched bank carries the index over.
+    again = NominalBank.load(tmp_path / "bank")
+    again.save(tmp_path / "copy")
+    assert (tmp_path / "copy" / "index.faiss").read_bytes() == (tmp_path / "bank" / "index.faiss").read_bytes()
+
+
+def test_exact_banks_save_no_index_file(tmp_path, data):
+    x, _ = data
+    bank = NominalBank.from_vectors(x[:500], signature())
+    bank.search(x[:2], 1)
+    bank.save(tmp_path / "flat")
+    assert not (tmp_path / "flat" / "index.faiss").exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_index_file_is_rebuilt_with_a_warning(tmp_path, damage):
+    _, queries, ids = saved_hnsw_bank(tmp_path)
+    path = tmp_path / "bank" / "index.faiss"
+    if damage == "flip":
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.unlink()
+    loaded = NominalBank.load(tmp_path / "bank", verify=True)
+    assert len(loaded.warnings) == 1 and "index" in loaded.warnings[0]
+    _, ids_loaded = loaded.search(queries, 1)  # rebuilt, still answers
+    assert "loaded_from" not in loaded.index_info
+    assert np.mean(ids_loaded == ids) >= 0.95
+
+
+def test_a_depth_override_reuses_the_saved_index_and_reports_the_measured_recall(tmp_path, monkeypatch):
+    bank, queries, _ = saved_hnsw_bank(tmp_path)
+    curve = bank.index_info["recall_curve"]
+    import semanom_ros.core.bank as bank_module
+
+    monkeypatch.setattr(bank_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    loaded = NominalBank.load(tmp_path / "bank")
+    first_depth = curve[0][0]
+    spec = IndexSpec.from_config(dict(loaded.config, nprobe=first_depth))
+    loaded.set_index_spec(spec)
+    loaded.search(queries, 1)
+    assert search_depth(loaded._ensure_index()) == first_depth
+    assert loaded.index_info["recall_at_1"] == curve[0][1]
+    loaded.set_index_spec(IndexSpec.from_config(dict(loaded.config, nprobe=333)))  # never tried at build
+    loaded.search(queries, 1)
+    assert loaded.index_info["search_depth"] == 333 and loaded.index_info["recall_at_1"] is None
+
+
+def test_monitor_index_settings_defer_to_the_bank_unless_set(tmp_path):
+    from semanom_ros.core.monitor import index_spec_for
+
+    bank = video_bank()
+    bank.config.update(index_type="hnsw", nprobe=0)
+    spec = index_spec_for(PipelineConfig(device="cpu"), bank)
+    assert spec.type == "hnsw" and spec.ef_search == 0 and not spec.use_gpu
+    spec = index_spec_for(PipelineConfig(device="cpu", nprobe=48), bank)
+    assert spec.type == "hnsw" and spec.ef_search == 48
+    spec = index_spec_for(PipelineConfig(device="cpu", index_type="ivf", index_nlist=16), bank)
+    assert spec.type == "ivf" and spec.nlist == 16
+    bank.config["device"] = "cpu"  # the builder's device does not decide where the monitor's index lives
+    assert index_spec_for(PipelineConfig(device="cuda", use_gpu_index=True), bank).use_gpu
+
+
+def test_num_frames_follows_appends_merges_and_loads(tmp_path):
+    bank = video_bank(frames=5, per_frame=4)
+    assert bank.num_frames == 5 == len(bank.frames)
+    other = video_bank(frames=3, per_frame=4, seed=9)
+    bank.merge(other)
+    assert bank.num_frames == 8 == len(bank.frames)
+    bank.save(tmp_path / "b")
+    assert NominalBank.load(tmp_path / "b").num_frames == 8
+
+
+def test_search_and_score_grid_take_torch_tensors_like_arrays(data):
+    """The GPU path hands the bank torch tensors; on the CPU they must give the NumPy answers."""
+    import torch
+
+    from semanom_ros.core.scoring import patch_score_grid
+
+    x, _ = data
+    bank = NominalBank.from_vectors(x[:2000], signature())
+    queries = x[2000:2048]
+    sims_np, ids_np = bank.search(queries, 3)
+    sims_t, ids_t = bank.search(torch.from_numpy(queries), 3)
+    np.testing.assert_array_equal(ids_t, ids_np)
+    np.testing.assert_allclose(sims_t, sims_np)
+    grid = queries.reshape(6, 8, DIM)
+    ignore = np.zeros((6, 8), bool)
+    ignore[0, :3] = True
+    expected = patch_score_grid(bank, grid, k=1, ignore=ignore)
+    got = patch_score_grid(bank, torch.from_numpy(grid), k=1, ignore=ignore)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert (got[0, :3] == 0).all() and (got[1:] > 0).all()

@@ -7,6 +7,9 @@ On disk a bank is a directory::
     embeddings.npy     (N, D) float16 unit vectors (memory-mapped on load)
     vector_meta.npy    (N,) structured: frame (global frame id), row, col
     frames.npy         (F,) structured: source, index (message ordinal), stamp_ns, vec_start, vec_count, grid_h, grid_w
+    index.faiss        the approximate (IVF / HNSW) index, when one was built: rebuilding HNSW over
+                       1e6 vectors takes minutes, reading it back seconds. Derived data: a missing,
+                       corrupt or mismatched index file is rebuilt (with a warning), never fatal.
 
 Saving writes a sibling temporary directory and swaps it in with one rename, so an interrupted
 save leaves the previous bank exactly as it was.
@@ -17,6 +20,7 @@ import ctypes
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -28,11 +32,25 @@ import faiss
 import numpy as np
 
 from .errors import BankError, BankMismatchError
-from .index import IndexSpec, build_index, maybe_to_gpu, search_excluding
+from .index import (
+    APPROXIMATE_TYPES,
+    IndexSpec,
+    RecallProbe,
+    build_index,
+    maybe_to_gpu,
+    recall_from_curve,
+    resolve_type,
+    search_excluding,
+    set_search_depth,
+)
 
 BANK_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _FILES = ("embeddings.npy", "vector_meta.npy", "frames.npy")
+INDEX_FILE = "index.faiss"
+# Frames whose patches probe the index's recall at build time (a few dozen patches from each).
+PROBE_FRAMES = 16
+_log = logging.getLogger("semanom_ros.bank")
 
 VECTOR_META_DTYPE = np.dtype([("frame", "<i4"), ("row", "<i2"), ("col", "<i2")])
 FRAME_DTYPE = np.dtype(
@@ -147,13 +165,15 @@ class NominalBank:
         self._vector_meta = _Chunks(np.zeros(0, VECTOR_META_DTYPE))
         self._frames = _Chunks(np.zeros(0, FRAME_DTYPE))
         self._num_vectors = 0
+        self._num_frames = 0
         self._index: faiss.Index | None = None
-        self._index_float: np.ndarray | None = None
         # Index strategy (None = from self.config); what was built, and what a loaded manifest said.
         self.index_spec: IndexSpec | None = None
         self.index_info: dict[str, Any] | None = None
         self._saved_index_info: dict[str, Any] | None = None
         self._cpu_index: faiss.Index | None = None  # kept beside a GPU index for excluding searches
+        self._index_file: Path | None = None  # a loaded bank's index.faiss, checked against the manifest
+        self.warnings: list[str] = []  # non-fatal problems found while loading or indexing (shown by nodes/tools)
 
     # -- contents ---------------------------------------------------------------------------
     @property
@@ -165,7 +185,7 @@ class NominalBank:
 
     @property
     def num_frames(self) -> int:
-        return len(self._frames.array())
+        return self._num_frames
 
     @property
     def vectors(self) -> np.ndarray:
@@ -224,7 +244,9 @@ class NominalBank:
         self._vector_meta.append(meta)
         self._vectors.append(vectors.astype(np.float16))
         self._num_vectors += n
+        self._num_frames += 1
         self._index = self._cpu_index = self.index_info = None
+        self._index_file = None
         return frame_id
 
     def add_patch_grid(
@@ -294,36 +316,103 @@ class NominalBank:
 
     # -- search -----------------------------------------------------------------------------
     def set_index_spec(self, spec: IndexSpec | None) -> None:
-        """Choose the index strategy (None = from the bank's config); rebuilt on the next search."""
+        """Choose the index strategy (None = from the bank's config); applied on the next search."""
         self.index_spec = spec.validate() if spec is not None else None
         self._index = self._cpu_index = None
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        _log.warning(message)
 
     def _ensure_index(self) -> faiss.Index:
         if self._index is None:
             if len(self) == 0:
                 raise BankError("the bank is empty; add nominal frames before scoring")
             spec = self.index_spec or IndexSpec.from_config(self.config)
-            measure, reused = True, False
-            saved = self._saved_index_info
-            if saved and saved.get("num_vectors") == len(self) and saved.get("requested") == spec.type:
-                reused = True
-                # Loaded bank, same strategy: rebuild what was saved (same type and search depth,
-                # seeded training) and keep the recall measured at build time instead of re-measuring.
-                kept = {"type": saved["type"], "nlist": spec.nlist or int(saved.get("params", {}).get("nlist", 0))}
-                depth = saved.get("search_depth")
-                if depth and not (spec.nprobe or spec.ef_search):
-                    kept["nprobe" if saved["type"] in ("ivf", "ivfpq") else "ef_search"] = int(depth)
-                    measure = False
-                spec = dataclasses.replace(spec, **kept)
-            index, info = build_index(self.vectors, spec, measure_recall=measure)
-            if reused:
-                info["requested"] = saved["requested"]
-                if not measure:
-                    info["recall_at_1"] = saved.get("recall_at_1")
+            index, info = self._saved_index(spec)
+            if index is None:
+                index, info = self._build_index(spec)
             gpu_index, info["device"] = maybe_to_gpu(index, spec.use_gpu)
             self._cpu_index = index if gpu_index is not index else None
             self._index, self.index_info = gpu_index, info
         return self._index
+
+    def _saved_index(self, spec: IndexSpec) -> tuple[faiss.Index | None, dict[str, Any]]:
+        """The index a loaded bank saved, when it is what ``spec`` asks for; else (None, {})."""
+        saved = self._saved_index_info
+        if not saved or saved.get("num_vectors") != len(self) or self._index_file is None:
+            return None, {}
+        wanted = resolve_type(spec, len(self)) if spec.type == "auto" else spec.type
+        nlist = int(saved.get("params", {}).get("nlist", 0))
+        if saved.get("type") != wanted or (spec.nlist and spec.nlist != nlist):
+            return None, {}
+        try:
+            index = faiss.read_index(str(self._index_file))
+        except RuntimeError as exc:
+            self._warn(f"bank index {self._index_file} cannot be read ({exc}); rebuilding the index")
+            return None, {}
+        if index.ntotal != len(self) or index.d != self.dim:
+            self._warn(
+                f"bank index {self._index_file} holds {index.ntotal} vectors of dim {index.d}, the bank "
+                f"{len(self)} of dim {self.dim}; rebuilding the index"
+            )
+            return None, {}
+        info = dict(saved, loaded_from=str(self._index_file))
+        depth = spec.nprobe if saved["type"] in ("ivf", "ivfpq") else spec.ef_search
+        if depth and depth != saved.get("search_depth"):
+            # A depth set by the user: the build-time curve knows its recall if it was tried.
+            set_search_depth(index, depth)
+            info["search_depth"] = int(depth)
+            info["recall_at_1"] = recall_from_curve(saved.get("recall_curve"), depth)
+        return index, info
+
+    def _build_index(self, spec: IndexSpec) -> tuple[faiss.Index, dict[str, Any]]:
+        measure = True
+        saved = self._saved_index_info
+        if saved and saved.get("num_vectors") == len(self) and saved.get("requested") == spec.type:
+            # Same strategy as saved but no usable index file: rebuild what was saved (same type,
+            # lists and search depth; seeded training) and keep the recall measured at build time.
+            kept = {"type": saved["type"], "nlist": spec.nlist or int(saved.get("params", {}).get("nlist", 0))}
+            depth = saved.get("search_depth")
+            if depth and not (spec.nprobe or spec.ef_search):
+                kept["nprobe" if saved["type"] in ("ivf", "ivfpq") else "ef_search"] = int(depth)
+                measure = False
+            spec = dataclasses.replace(spec, **kept)
+        probe = self.recall_probe(spec) if measure and resolve_type(spec, len(self)) in APPROXIMATE_TYPES else None
+        index, info = build_index(self.vectors, spec, measure_recall=measure, probe=probe)
+        if saved and not measure:
+            info["requested"] = saved["requested"]
+            for key in ("recall_at_1", "recall_curve", "recall_probe"):
+                info[key] = saved.get(key)
+        return index, info
+
+    def recall_probe(self, spec: IndexSpec, window: int | None = None) -> RecallProbe | None:
+        """Patches of up to 16 of this bank's frames, each searched with its neighbouring frames
+        (within ``window`` messages, default the config's calibration_window) excluded: the
+        index is tuned on queries that look like a new pass of the same road, not on copies of
+        what it holds. None when too few frames are left to compare with."""
+        if window is None:
+            window = int(self.config.get("calibration_window", 12))
+        frame_ids = list(iter_frame_ids(self, PROBE_FRAMES))
+        per_frame = max(1, -(-spec.recall_queries // max(len(frame_ids), 1)))
+        rng = np.random.default_rng(spec.seed)
+        queries, groups, start = [], [], 0
+        for fid in frame_ids:
+            exclude = self.excluded_ranges(fid, window)
+            if sum(b - a for a, b in exclude) >= len(self):
+                continue  # the window covers the whole bank: nothing left to find
+            vecs = self.frame_vectors(fid)
+            take = np.sort(rng.choice(len(vecs), size=min(per_frame, len(vecs)), replace=False))
+            queries.append(vecs[take])
+            groups.append((start, start + len(take), exclude))
+            start += len(take)
+        if len(groups) < 2:
+            return None
+        return RecallProbe(
+            np.ascontiguousarray(np.concatenate(queries), np.float32),
+            groups,
+            f"{start} patches of {len(groups)} bank frames, +-{window} frames excluded",
+        )
 
     def search(
         self, queries: np.ndarray, k: int = 1, exclude: Sequence[tuple[int, int]] | None = None
@@ -334,6 +423,10 @@ class NominalBank:
         similarity -1 and id -1.
         """
         index = self._ensure_index()
+        if _is_torch(queries):
+            if not exclude and self._cpu_index is not None and queries.is_cuda:
+                return self._search_on_gpu(index, queries, k)
+            queries = queries.detach().cpu().numpy()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
@@ -348,6 +441,17 @@ class NominalBank:
             sims, ids = search_excluding(cpu, queries, k, exclude)
         sims = np.where(ids < 0, -1.0, sims).astype(np.float32)
         return sims, ids
+
+    def _search_on_gpu(self, index: faiss.Index, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # GPU index, queries already on the GPU (FeatureExtractor on_device): faiss's torch bridge
+        # searches the tensor in place, so only the (n, k) answers cross to the host.
+        import faiss.contrib.torch_utils  # noqa: F401  (teaches faiss indexes to take torch tensors)
+
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {tuple(queries.shape)}")
+        sims, ids = index.search(queries.float().contiguous(), min(int(k), len(self)))
+        sims, ids = sims.cpu().numpy(), ids.cpu().numpy()
+        return np.where(ids < 0, -1.0, sims).astype(np.float32), ids
 
     def _exact_search_excluding(
         self, queries: np.ndarray, k: int, exclude: Sequence[tuple[int, int]], block: int = 1 << 16
@@ -410,10 +514,13 @@ class NominalBank:
             "calibration": self.calibration,
             "config": self.config,
             "extra": self.extra,
-            "index": self.index_info or (
-                self._saved_index_info
-                if self._saved_index_info and self._saved_index_info.get("num_vectors") == len(self)
-                else None
+            "index": _persisted_index_info(
+                self.index_info
+                or (
+                    self._saved_index_info
+                    if self._saved_index_info and self._saved_index_info.get("num_vectors") == len(self)
+                    else None
+                )
             ),
             "created_unix_ns": self.created_ns,
             "saved_unix_ns": time.time_ns(),
@@ -434,6 +541,9 @@ class NominalBank:
                     fh.flush()
                     os.fsync(fh.fileno())
                 files[name] = {"bytes": target.stat().st_size, "blake2b": _file_digest(target)}
+            index_written = self._write_index(tmp / INDEX_FILE)
+            if index_written:
+                files[INDEX_FILE] = {"bytes": index_written.stat().st_size, "blake2b": _file_digest(index_written)}
             manifest = self.manifest()
             manifest["files"] = files
             with open(tmp / MANIFEST, "w") as fh:
@@ -446,6 +556,22 @@ class NominalBank:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return path
+
+    def _write_index(self, target: Path) -> Path | None:
+        """Write the approximate index built (or loaded) for exactly these vectors; exact indexes
+        are rebuilt in seconds from the embeddings and not worth their float32 bytes on disk."""
+        info = self.index_info
+        index = self._cpu_index if self._cpu_index is not None else self._index
+        if index is None and self._index_file is not None and self._saved_index_info:
+            # Loaded and never searched: carry the saved file over unchanged.
+            shutil.copyfile(self._index_file, target)
+        elif index is not None and info and info.get("type") in APPROXIMATE_TYPES and index.ntotal == len(self):
+            faiss.write_index(index, str(target))
+        else:
+            return None
+        with open(target, "rb+") as fh:
+            os.fsync(fh.fileno())
+        return target
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = True, verify: bool | None = None) -> "NominalBank":
@@ -519,6 +645,8 @@ class NominalBank:
         bank._vector_meta = _Chunks(vmeta)
         bank._frames = _Chunks(frames)
         bank._num_vectors = n
+        bank._num_frames = len(frames)
+        bank._index_file = _checked_index_file(path, files.get(INDEX_FILE), verify, bank)
         return bank
 
     @staticmethod
@@ -531,6 +659,33 @@ class NominalBank:
             raise BankError(f"{manifest_path} does not exist: not a semanom_ros bank") from None
         except json.JSONDecodeError as exc:
             raise BankError(f"bank manifest {manifest_path} is corrupt: {exc}") from None
+
+
+def _is_torch(array: Any) -> bool:
+    return type(array).__module__.startswith("torch")
+
+
+def _persisted_index_info(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    # Where this process found the index and which device it runs on are not facts about the bank.
+    return None if info is None else {k: v for k, v in info.items() if k not in ("loaded_from", "device")}
+
+
+def _checked_index_file(path: Path, expected: dict[str, Any] | None, verify: bool, bank: NominalBank) -> Path | None:
+    """The bank's index.faiss when the manifest lists it and it matches; None (with a warning) when not."""
+    if not expected:
+        return None
+    fpath = path / INDEX_FILE
+    if not fpath.is_file():
+        bank._warn(f"bank {path} lists {INDEX_FILE} but it is missing; the index will be rebuilt")
+        return None
+    size = fpath.stat().st_size
+    if size != expected.get("bytes"):
+        bank._warn(f"bank index {fpath} is {size} bytes, the manifest says {expected.get('bytes')}; rebuilding the index")
+        return None
+    if verify and _file_digest(fpath) != expected.get("blake2b"):
+        bank._warn(f"bank index {fpath} is corrupt (checksum differs from the manifest); rebuilding the index")
+        return None
+    return fpath
 
 
 def check_signature(bank: ModelSignature, pipeline: ModelSignature, where: str = "bank") -> None:

@@ -34,7 +34,7 @@ class PipelineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16
     batch_size: int = 8  # frames per forward pass in offline tools
-    num_threads: int = 0  # torch/faiss CPU threads; 0 = leave the libraries' defaults
+    num_threads: int = 0  # torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, else all usable cores
 
     # Similarity index over the bank (see semanom_ros.core.index): auto = exact flat search below
     # index_auto_threshold vectors, IVF (fp16 codes) up to 5e5, HNSW above; or force
@@ -42,7 +42,7 @@ class PipelineConfig:
     index_type: str = "auto"
     index_auto_threshold: int = 200_000
     index_nlist: int = 0  # IVF lists; 0 = about 4 sqrt(N)
-    nprobe: int = 0  # IVF lists (HNSW: efSearch) searched per query; 0 = tuned at build for recall@1 >= 0.97
+    nprobe: int = 0  # IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build (recall@1 >= 0.97)
     use_gpu_index: bool = True  # put the index on the GPU when faiss has GPU support and device is CUDA
 
     # Scoring: patch score = 1 - mean cosine similarity of its k nearest bank vectors.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -23,8 +23,10 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class Features:
     """Backbone output for one frame; rows are unit vectors (cosine similarity = dot product)."""
 
-    patches: np.ndarray  # (h, w, D) float32
-    cls: np.ndarray  # (D,) float32
+    # (h, w, D) float32. A torch tensor still on the GPU when extracted with on_device=True:
+    # the GPU index searches it in place instead of a copy to the host and back every frame.
+    patches: np.ndarray
+    cls: np.ndarray  # (D,) float32 (a GPU tensor too with on_device=True)
     image_size: tuple[int, int]  # (H, W) of the original frame
     input_size: tuple[int, int]  # (H', W') fed to the backbone
 
@@ -198,18 +200,21 @@ class FeatureExtractor:
 
     # -- inference --------------------------------------------------------------------------
     @torch.inference_mode()
-    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, batch: np.ndarray, on_device: bool = False) -> tuple[Any, Any]:
         pixels = torch.from_numpy(batch).to(self.device, non_blocking=True).to(self.dtype)
         hidden = self.model(pixel_values=pixels, **self.backbone_spec.forward_kwargs).last_hidden_state
         hidden = torch.nn.functional.normalize(hidden.float(), dim=-1)
         cls, patches = split_tokens(hidden, self.backbone_spec, self.num_prefix_tokens)
+        if on_device:
+            return patches, cls
         return patches.cpu().numpy(), cls.cpu().numpy()
 
-    def extract(self, rgb: np.ndarray) -> Features:
-        return self.extract_batch([rgb])[0]
+    def extract(self, rgb: np.ndarray, on_device: bool = False) -> Features:
+        return self.extract_batch([rgb], on_device)[0]
 
-    def extract_batch(self, frames: Sequence[np.ndarray]) -> list[Features]:
-        """Embed frames; frames of equal size share a forward pass."""
+    def extract_batch(self, frames: Sequence[np.ndarray], on_device: bool = False) -> list[Features]:
+        """Embed frames; frames of equal size share a forward pass. ``on_device`` leaves patches and
+        CLS as torch tensors where the model runs (only useful on a GPU, for a GPU index)."""
         inputs = [self.preprocess(f) for f in frames]
         out: list[Features | None] = [None] * len(frames)
         by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -217,7 +222,7 @@ class FeatureExtractor:
             by_shape.setdefault(x.shape, []).append(i)
         for shape, idx in by_shape.items():
             h, w = shape[1] // self.patch_size, shape[2] // self.patch_size
-            patches, cls = self._forward(np.stack([inputs[i] for i in idx]))
+            patches, cls = self._forward(np.stack([inputs[i] for i in idx]), on_device)
             for j, i in enumerate(idx):
                 out[i] = Features(
                     patches=patches[j].reshape(h, w, self.dim),

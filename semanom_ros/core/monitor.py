@@ -14,6 +14,7 @@ from .bank import ModelSignature, NominalBank, check_signature
 from .config import PipelineConfig
 from .errors import BankError, ConfigError, ImageError
 from .features import FeatureExtractor, Features, patch_mask_from_pixels, validate_rgb
+from .index import IndexSpec
 from .maps import Component, render_overlay, threshold_components, upsample_scores
 from .scoring import calibrate, image_score, patch_score_grid, threshold_for_alpha
 
@@ -41,15 +42,33 @@ class FrameLike(Protocol):
     stamp_ns: int
 
 
-def set_cpu_threads(num_threads: int) -> None:
-    """Pin torch and faiss to ``num_threads`` so they do not fight for the same cores."""
-    if num_threads <= 0:
-        return
-    import faiss
-    import torch
+def set_cpu_threads(num_threads: int) -> int:
+    """Give torch and faiss one thread count (see :func:`~semanom_ros.core.index.configure_threads`);
+    0 = ``OMP_NUM_THREADS`` when set, else the cores this process may use. Returns the count set."""
+    from .index import configure_threads
 
-    torch.set_num_threads(num_threads)
-    faiss.omp_set_num_threads(num_threads)
+    return configure_threads(num_threads)
+
+
+def index_spec_for(config: PipelineConfig, bank: NominalBank) -> IndexSpec:
+    """The index a pipeline searches ``bank`` with: the bank's own settings (what it was built and
+    tuned with), overridden by each index setting the pipeline sets away from its default. So a
+    node left at ``index_type: auto`` / ``nprobe: 0`` uses the saved index as built, while
+    ``nprobe: 128`` changes only the search depth and ``index_type: hnsw`` re-indexes."""
+    spec = IndexSpec.from_config(bank.config)
+    defaults = PipelineConfig()
+    if config.index_type != defaults.index_type:
+        spec.type = config.index_type
+    if config.index_auto_threshold != defaults.index_auto_threshold:
+        spec.auto_threshold = config.index_auto_threshold
+    if config.index_nlist:
+        spec.nlist = config.index_nlist
+    if config.nprobe:
+        spec.nprobe = config.nprobe
+        spec.ef_search = config.nprobe  # one knob for both: nprobe doubles as HNSW efSearch
+    # Where the index lives follows the pipeline that searches it, not the machine that built it.
+    spec.use_gpu = bool(config.use_gpu_index) and config.device != "cpu"
+    return spec.validate()
 
 
 def load_ignore_mask(path: str | None) -> np.ndarray | None:
@@ -89,7 +108,8 @@ class Monitor:
         self._ignore_pixels = load_ignore_mask(config.ignore_mask)
         self._ignore_cache: dict[tuple[int, int, int, int], np.ndarray] = {}
         self.threshold = self._initial_threshold()
-        self.bank._ensure_index()  # build the index now, not on the first frame
+        self.bank.set_index_spec(index_spec_for(config, self.bank))
+        self.bank._ensure_index()  # load or build the index now, not on the first frame
         # instance / combined mode: OWLv2 + SAM 2 + the instance bank (semanom_ros.core.instances).
         self.instance_scorer = None
         if config.mode != "patch":
@@ -191,7 +211,7 @@ class Monitor:
         """Score one (H, W, 3) uint8 RGB frame. ``extra_ignore`` (H, W) bool adds ignored pixels."""
         validate_rgb(rgb, min_side=self.extractor.patch_size)
         t0 = time.perf_counter()
-        features = self.extractor.extract(rgb)
+        features = self.extractor.extract(rgb, on_device=self._queries_on_device())
         t1 = time.perf_counter()
         if self.instance_scorer is not None:
             result = self.instance_scorer.process(self, features, rgb, extra_ignore)
@@ -199,6 +219,16 @@ class Monitor:
             result = self.score_features(features, rgb, extra_ignore)
         result.timings_ms = {"features": (t1 - t0) * 1e3, **result.timings_ms}
         return result
+
+    def _queries_on_device(self) -> bool:
+        # Patch mode with the model and the index both on the GPU: the patch embeddings never
+        # leave it (instance mode averages them on the host under SAM masks).
+        info = self.bank.index_info or {}
+        return (
+            self.instance_scorer is None
+            and self.extractor.device.type == "cuda"
+            and str(info.get("device", "cpu")).startswith("cuda")
+        )
 
     def score_features(
         self, features: Features, rgb: np.ndarray | None = None, extra_ignore: np.ndarray | None = None

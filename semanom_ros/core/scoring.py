@@ -34,11 +34,12 @@ def patch_score_grid(
 ) -> np.ndarray:
     """(h, w, D) patch grid -> (h, w) float32 scores; ignored patches score 0."""
     h, w, d = patches.shape
-    flat = patches.reshape(h * w, d)
+    flat = patches.reshape(h * w, d)  # a GPU tensor stays one (NominalBank.search takes either)
     if ignore is not None:
         keep = ~np.asarray(ignore, bool).reshape(-1)
         scores = np.zeros(h * w, np.float32)
-        scores[keep] = knn_scores(bank, flat[keep], k, exclude)
+        rows = keep if isinstance(flat, np.ndarray) else np.flatnonzero(keep).tolist()
+        scores[keep] = knn_scores(bank, flat[rows], k, exclude)
     else:
         scores = knn_scores(bank, flat, k, exclude)
     grid = smooth_grid(scores.reshape(h, w), smoothing_sigma)

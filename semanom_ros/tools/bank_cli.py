@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     m.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
     m.add_argument("--batch-size", type=_positive_int, dest="batch_size", help="frames per forward pass (default 8)")
-    m.add_argument("--threads", type=int, dest="num_threads", help="torch/faiss CPU threads (0 = library default)")
+    m.add_argument("--threads", type=int, dest="num_threads", help="torch and faiss CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")
     m.add_argument("--mode", choices=("patch", "instance"), help="patch bank (default) or instance bank (OWLv2 + SAM 2)")
     s = b.add_argument_group("frame selection")
     s.add_argument("--start", type=float, dest="start_s", metavar="S",
