@@ -289,3 +289,24 @@ def test_interrupt_without_previous_bank_says_nothing_written(tmp_path, kill_set
     assert proc.wait(timeout=60) == 130
     assert f"interrupted; no bank written at {out}" in proc.stderr.read()
     assert not out.exists() and not list(tmp_path.glob(".new_bank.tmp-*"))
+
+
+def test_build_with_an_approximate_index_saves_it_and_the_monitor_reads_it_back(tmp_path, capsys, tiny_model):
+    from semanom_ros.core.config import PipelineConfig
+    from semanom_ros.core.monitor import Monitor
+
+    bag = _bag(tmp_path / "drive", 12)
+    bank = tmp_path / "hnsw"
+    rc, _, err = _run(capsys, "build", bag, "-o", bank, "--model", tiny_model, "--input-height", H,
+                      "--window", "1", "--index-type", "hnsw", "--no-progress")
+    assert rc == 0, err
+    manifest = NominalBank.read_manifest(bank)
+    assert manifest["config"]["index_type"] == "hnsw" and manifest["index"]["type"] == "hnsw"
+    assert manifest["index"]["recall_curve"] and "bank frames" in manifest["index"]["recall_probe"]
+    assert (bank / "index.faiss").is_file() and "index.faiss" in manifest["files"]
+    monitor = Monitor(PipelineConfig(model=tiny_model, input_height=int(H), device="cpu"), bank)
+    assert monitor.bank.index_info["type"] == "hnsw" and monitor.bank.index_info["loaded_from"].endswith("index.faiss")
+    monitor = Monitor(PipelineConfig(model=tiny_model, input_height=int(H), device="cpu", nprobe=7), bank)
+    assert monitor.bank.index_info["search_depth"] == 7 and "loaded_from" in monitor.bank.index_info
+    monitor = Monitor(PipelineConfig(model=tiny_model, input_height=int(H), device="cpu", index_type="flat"), bank)
+    assert monitor.bank.index_info["type"] == "flat"  # an explicit type re-indexes

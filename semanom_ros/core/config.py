@@ -37,10 +37,10 @@ class PipelineConfig:
     num_threads: int = 0  # torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, else all usable cores
 
     # Similarity index over the bank (see semanom_ros.core.index): auto = exact flat search below
-    # index_auto_threshold vectors, IVF (fp16 codes) up to 5e5, HNSW above; or force
+    # index_auto_threshold vectors, HNSW (fp16 codes) above; or force
     # flat | flat_fp16 | ivf | ivfpq | hnsw.
     index_type: str = "auto"
-    index_auto_threshold: int = 200_000
+    index_auto_threshold: int = 50_000
     index_nlist: int = 0  # IVF lists; 0 = about 4 sqrt(N)
     nprobe: int = 0  # IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build (recall@1 >= 0.97)
     use_gpu_index: bool = True  # put the index on the GPU when faiss has GPU support and device is CUDA

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=_positive_int, dest="batch_size", help="frames per forward pass (default 8)")
     m.add_argument("--threads", type=int, dest="num_threads", help="torch and faiss CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")
     m.add_argument("--mode", choices=("patch", "instance"), help="patch bank (default) or instance bank (OWLv2 + SAM 2)")
+    x = b.add_argument_group("similarity index (kept in the bank; a monitor left at its defaults uses it as built)")
+    x.add_argument("--index-type", dest="index_type", choices=("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw"),
+                   help="auto (default): exact below 5e4 vectors, HNSW (fp16 codes) above")
+    x.add_argument("--nprobe", type=int, help="IVF nprobe / HNSW efSearch (default 0: tuned at build on held-out frames)")
     s = b.add_argument_group("frame selection")
     s.add_argument("--start", type=float, dest="start_s", metavar="S",
                    help="first receive time: seconds from the bag's start, or an absolute Unix time (>= 1e9)")
@@ -153,7 +157,8 @@ def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
     from . import build
 
     pipeline = _overrides(
-        args, ("model", "input_height", "device", "dtype", "batch_size", "num_threads", "mode", "ignore_mask", *_CAL_FIELDS)
+        args, ("model", "input_height", "device", "dtype", "batch_size", "num_threads", "mode", "ignore_mask",
+               "index_type", "nprobe", *_CAL_FIELDS)
     )
     options = _overrides(
         args, ("topic", "start_s", "end_s", "stride", "min_interval_s", "dedup_similarity", "max_frames", "fps",
