@@ -84,19 +84,43 @@ def test_fixed_nprobe_is_kept_and_recall_still_measured(data):
     assert 0.0 <= info["recall_at_1"] <= 1.0
 
 
-def test_auto_selects_exact_below_threshold_and_ivf_above(data):
+def test_auto_is_exact_below_threshold_and_measures_the_candidates_above(data):
     x, _ = data
-    spec = IndexSpec(type="auto", auto_threshold=1000, **SMALL)
+    spec = IndexSpec(type="auto", auto_threshold=1000, target_recall=0.95, **SMALL)
     assert resolve_type(spec, 999) == "flat"
-    assert resolve_type(spec, 1000) == "ivf"
-    assert resolve_type(IndexSpec(auto_threshold=1000, hnsw_threshold=5000), 4999) == "ivf"
-    assert resolve_type(IndexSpec(auto_threshold=1000, hnsw_threshold=5000), 5000) == "hnsw"
+    assert resolve_type(spec, 1000) == "auto"
     assert resolve_type(IndexSpec(type="flat"), 10**9) == "flat"  # a setting overrides the size rule
     small_index, small = build_index(x[:500], spec)
     big_index, big = build_index(x, spec)
     assert small["type"] == "flat" and isinstance(small_index, faiss.IndexFlatIP)
-    assert big["type"] == "ivf" and isinstance(big_index, faiss.IndexIVF)
     assert small["requested"] == big["requested"] == "auto"
+    candidates = {c["type"]: c for c in big["candidates"]}
+    assert set(candidates) == {"ivf", "hnsw"}
+    chosen = candidates[big["type"]]
+    assert big["search_depth"] == chosen["search_depth"] == search_depth(big_index)
+    meeting = [c for c in candidates.values() if c["recall_at_1"] >= 0.95]
+    if meeting:  # the fastest of those that reach the target
+        assert chosen["probe_query_ms"] == min(c["probe_query_ms"] for c in meeting)
+    else:  # else the most accurate
+        assert chosen["recall_at_1"] == max(c["recall_at_1"] for c in candidates.values())
+    _, unmeasured = build_index(x, spec, measure_recall=False)
+    assert unmeasured["type"] == "ivf" and "candidates" not in unmeasured
+
+
+def test_auto_prefers_the_candidate_that_reaches_the_target(data, monkeypatch):
+    """A candidate under the target loses even when it is faster."""
+    import semanom_ros.core.index as index_module
+
+    x, _ = data
+    real_tune = index_module._tune
+
+    def hnsw_misses(index, kind, *args):
+        recall, curve, probe = real_tune(index, kind, *args)
+        return (0.5 if kind == "hnsw" else recall), curve, probe
+
+    monkeypatch.setattr(index_module, "_tune", hnsw_misses)
+    _, info = build_index(x, IndexSpec(type="auto", auto_threshold=1000, target_recall=0.9, **SMALL))
+    assert info["type"] == "ivf" and info["recall_at_1"] >= 0.9
 
 
 def test_default_nlist_is_bounded_by_training_points():
@@ -434,3 +458,20 @@ def test_search_and_score_grid_take_torch_tensors_like_arrays(data):
     got = patch_score_grid(bank, torch.from_numpy(grid), k=1, ignore=ignore)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert (got[0, :3] == 0).all() and (got[1:] > 0).all()
+
+
+def test_a_saved_auto_bank_reloads_the_candidate_it_chose(tmp_path, monkeypatch):
+    bank = video_bank()
+    bank.config["index_auto_threshold"] = 1000
+    queries = np.asarray(bank.vectors[::41], np.float32)
+    _, ids = bank.search(queries, 1)
+    chosen = bank.index_info["type"]
+    assert chosen in ("ivf", "hnsw") and len(bank.index_info["candidates"]) == 2
+    bank.save(tmp_path / "auto")
+    import semanom_ros.core.bank as bank_module
+
+    monkeypatch.setattr(bank_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    loaded = NominalBank.load(tmp_path / "auto")
+    _, ids_loaded = loaded.search(queries, 1)
+    assert loaded.index_info["type"] == chosen and "loaded_from" in loaded.index_info
+    np.testing.assert_array_equal(ids_loaded, ids)

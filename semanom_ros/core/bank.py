@@ -38,6 +38,7 @@ from .index import (
     RecallProbe,
     build_index,
     maybe_to_gpu,
+    is_approximate,
     recall_from_curve,
     resolve_type,
     search_excluding,
@@ -342,9 +343,11 @@ class NominalBank:
         saved = self._saved_index_info
         if not saved or saved.get("num_vectors") != len(self) or self._index_file is None:
             return None, {}
-        wanted = resolve_type(spec, len(self)) if spec.type == "auto" else spec.type
+        wanted = resolve_type(spec, len(self))
+        # auto above its threshold accepts whichever candidate auto chose when the bank was built.
+        same = saved.get("type") == wanted or (wanted == "auto" and saved.get("requested") == "auto")
         nlist = int(saved.get("params", {}).get("nlist", 0))
-        if saved.get("type") != wanted or (spec.nlist and spec.nlist != nlist):
+        if not same or (spec.nlist and spec.nlist != nlist):
             return None, {}
         try:
             index = faiss.read_index(str(self._index_file))
@@ -378,7 +381,7 @@ class NominalBank:
                 kept["nprobe" if saved["type"] in ("ivf", "ivfpq") else "ef_search"] = int(depth)
                 measure = False
             spec = dataclasses.replace(spec, **kept)
-        probe = self.recall_probe(spec) if measure and resolve_type(spec, len(self)) in APPROXIMATE_TYPES else None
+        probe = self.recall_probe(spec) if measure and is_approximate(spec, len(self)) else None
         index, info = build_index(self.vectors, spec, measure_recall=measure, probe=probe)
         if saved and not measure:
             info["requested"] = saved["requested"]

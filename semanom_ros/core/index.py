@@ -14,13 +14,16 @@ type           faiss index                            bytes / vector     when
 ``hnsw``       IndexHNSWSQ(QT_fp16), M=16             ~910               auto from 5e4 vectors
 =============  =====================================  =================  =========================
 
-``auto`` takes ``flat`` below ``auto_threshold`` (5e4) vectors and ``hnsw`` above (``ivf`` between
-``auto_threshold`` and ``hnsw_threshold`` when the latter is raised). Measured on an idle 2-core
-CPU with one 224-high frame (448 queries): exact search costs about as much as the DINOv2
-forward at 6.7e4 vectors (267 vs 295 ms), HNSW was 3-4x faster than IVF at equal or better
-recall at 1e4, 1e5 and 1e6 vectors (IVF's lists over redundant road and sky patches grow with the
-bank). HNSW builds slowest (~100 s at 1e6), which is why a saved bank keeps its approximate
-index on disk. For the approximate types ``nprobe`` / ``ef_search`` of 0 means "tune at build
+``auto`` takes ``flat`` below ``auto_threshold`` (5e4) vectors: on an idle 2-core CPU with one
+224-high frame (448 queries) exact search costs about as much as the DINOv2 forward at 6.7e4
+vectors (267 vs 295 ms). Above it ``auto`` *measures* rather than guesses: it builds each of
+``AUTO_CANDIDATES`` (IVF and HNSW, both fp16 codes, under 1 KB per vector), tunes each to
+``target_recall`` on the same probe, times the probe's queries, and keeps the fastest that reaches
+the target (else the most accurate); the manifest records every candidate. Which wins depends on
+how redundant the bank is: HNSW (M=16) was 3x faster on a synthetic bank with well separated
+re-drives, but on the real 448-high highway bank, where neighbouring patches are near copies, it
+could not pass recall 0.90 at any depth while IVF reached 0.99 in 161 ms. Building both costs
+~2.5 min at 1e6 vectors once; a saved bank keeps the chosen index on disk. For the approximate types ``nprobe`` / ``ef_search`` of 0 means "tune at build
 time": the smallest depth whose recall@1 against exact search reaches ``target_recall`` on a
 :class:`RecallProbe`. A bank probes with patches of its own frames, each searched with the
 frames around it (``calibration_window``) excluded, standing in for a new pass of the same road.
@@ -49,9 +52,12 @@ from .errors import ConfigError
 INDEX_TYPES = ("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw")
 APPROXIMATE_TYPES = ("ivf", "ivfpq", "hnsw")
 DEFAULT_AUTO_THRESHOLD = 50_000
-# auto: IVF only between the two thresholds. Equal by default: HNSW beat IVF at every bank size
-# measured (1e4-1e6) on an idle machine; raise it to trade query speed for IVF's faster build.
-DEFAULT_HNSW_THRESHOLD = 50_000
+# Approximate types ``auto`` builds, tunes and times above the threshold, keeping the fastest that
+# reaches target_recall (IVF-PQ is left out: its recall@1 on DINOv2 patches stays near 0.1-0.2).
+AUTO_CANDIDATES = ("ivf", "hnsw")
+# Without a recall measurement (no probe, recall_queries 0) auto cannot compare and takes IVF:
+# the type that reached the target on every bank measured.
+AUTO_UNMEASURED = "ivf"
 # Searches that exclude id ranges (leave-one-out calibration) probe this many times deeper.
 EXCLUDE_DEPTH_FACTOR = 4
 
@@ -66,7 +72,6 @@ class IndexSpec:
 
     type: str = "auto"  # auto | flat | flat_fp16 | ivf | ivfpq | hnsw
     auto_threshold: int = DEFAULT_AUTO_THRESHOLD  # auto: exact below this many vectors
-    hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD  # auto: HNSW from this many vectors (IVF between)
     nlist: int = 0  # IVF lists; 0 = about 4 sqrt(N), a power of two
     nprobe: int = 0  # IVF lists searched; 0 = tune to target_recall at build time
     pq_m: int = 48  # IVF-PQ sub-quantisers (must divide the dimension)
@@ -86,7 +91,6 @@ class IndexSpec:
             raise ConfigError(f"index_type: {self.type!r} is not one of {', '.join(INDEX_TYPES)}")
         for name, lo, hi in (
             ("auto_threshold", 0, 10**12),
-            ("hnsw_threshold", 0, 10**12),
             ("nlist", 0, 1 << 20),
             ("nprobe", 0, 1 << 20),
             ("pq_m", 1, 4096),
@@ -133,12 +137,15 @@ class IndexSpec:
 
 
 def resolve_type(spec: IndexSpec, num_vectors: int) -> str:
-    """The concrete index type for a bank of ``num_vectors`` (resolves ``auto``)."""
-    if spec.type != "auto":
-        return spec.type
-    if num_vectors < spec.auto_threshold:
-        return "flat"
-    return "ivf" if num_vectors < spec.hnsw_threshold else "hnsw"
+    """The index type for a bank of ``num_vectors``: the setting, ``flat`` for ``auto`` below the
+    threshold, else ``auto`` still (the candidates are compared by :func:`build_index`)."""
+    if spec.type != "auto" or num_vectors < spec.auto_threshold:
+        return "flat" if spec.type == "auto" else spec.type
+    return "auto"
+
+
+def is_approximate(spec: IndexSpec, num_vectors: int) -> bool:
+    return resolve_type(spec, num_vectors) in (*APPROXIMATE_TYPES, "auto")
 
 
 def default_nlist(num_vectors: int) -> int:
@@ -161,6 +168,7 @@ class RecallProbe:
     queries: np.ndarray  # (m, D) float32 unit vectors
     groups: list[tuple[int, int, list[tuple[int, int]]]]
     description: str
+    truth: np.ndarray | None = None  # exact answers, filled on first use (shared by candidates)
 
     @classmethod
     def perturbed(cls, vectors: np.ndarray, count: int, rng: np.random.Generator) -> "RecallProbe":
@@ -233,6 +241,11 @@ def build_index(
         raise ValueError(f"vectors must be a non-empty (N, D) array, got shape {vectors.shape}")
     n, dim = vectors.shape
     kind = resolve_type(spec, n)
+    if kind == "auto":
+        if not measure_recall or spec.recall_queries == 0:
+            kind = AUTO_UNMEASURED
+        else:
+            return _build_fastest(vectors, spec, probe)
     t0 = time.perf_counter()
     rng = np.random.default_rng(spec.seed)
     index, params = _make_index(kind, dim, spec, n)
@@ -265,6 +278,38 @@ def build_index(
     info["build_s"] = round(time.perf_counter() - t0, 3)
     info["bytes_per_vector"] = round(index_bytes(index) / n, 1)
     info["search_depth"] = search_depth(index)
+    return index, info
+
+
+def _build_fastest(
+    vectors: np.ndarray, spec: IndexSpec, probe: RecallProbe | None
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """auto above the threshold: build, tune and time each candidate on one probe; keep the best."""
+    t0 = time.perf_counter()
+    probe = probe or RecallProbe.perturbed(vectors, spec.recall_queries, np.random.default_rng(spec.seed))
+    if probe.truth is None:
+        probe.truth = probe_truth(vectors, probe)
+    best: tuple[tuple[bool, float], faiss.Index, dict[str, Any]] | None = None
+    candidates = []
+    for kind in AUTO_CANDIDATES:
+        index, info = build_index(vectors, dataclasses.replace(spec, type=kind), probe=probe)
+        # Plain searches of the probe's queries: what the monitor's per-frame search costs.
+        queries = np.ascontiguousarray(probe.queries, np.float32)
+        t = time.perf_counter()
+        index.search(queries, 1)
+        info["probe_query_ms"] = round((time.perf_counter() - t) * 1e3, 2)
+        recall = info["recall_at_1"] or 0.0
+        candidates.append({key: info[key] for key in (
+            "type", "search_depth", "recall_at_1", "probe_query_ms", "build_s", "bytes_per_vector")})
+        # Meeting the target comes first; then speed (if both meet it) or recall (if neither does).
+        rank = (recall >= spec.target_recall, -info["probe_query_ms"] if recall >= spec.target_recall else recall)
+        if best is None or rank > best[0]:
+            best = (rank, index, info)
+        else:
+            del index
+    assert best is not None
+    _, index, info = best
+    info.update(requested="auto", candidates=candidates, build_s=round(time.perf_counter() - t0, 3))
     return index, info
 
 
@@ -323,7 +368,9 @@ def _tune(
         set_search_depth(index, fixed or default)
         return None, None, None
     probe = probe or RecallProbe.perturbed(vectors, spec.recall_queries, rng)
-    truth = probe_truth(vectors, probe)
+    if probe.truth is None:
+        probe.truth = probe_truth(vectors, probe)
+    truth = probe.truth
     curve: list[list[float]] = []
     for depth in [fixed] if fixed else ladder:
         set_search_depth(index, depth)
@@ -566,6 +613,7 @@ __all__ = [
     "recall_at_1",
     "resolve_num_threads",
     "resolve_type",
+    "is_approximate",
     "search_depth",
     "set_search_depth",
 ]
