@@ -20,6 +20,8 @@ from semanom_ros.core.index import (
     excluding_params,
     search_excluding,
     maybe_to_gpu,
+    RecallProbe,
+    probe_recall,
     probe_truth,
     resolve_num_threads,
     resolve_type,
@@ -299,7 +301,9 @@ def video_bank(frames: int = 60, per_frame: int = 40, seed: int = 3) -> NominalB
 def test_probe_truth_never_returns_an_excluded_vector():
     bank = video_bank()
     probe = bank.recall_probe(IndexSpec(recall_queries=160))
-    assert probe is not None and len(probe.groups) == 16 and "+-3 frames excluded" in probe.description
+    assert probe is not None and "+-3 frames excluded" in probe.description and "perturbed" in probe.description
+    held_out = [g for g in probe.groups if g[2]]
+    assert len(held_out) == 16 and probe.parts == [(0, 80), (80, 160)]
     truth = probe_truth(bank.vectors, probe)
     x = np.asarray(bank.vectors, np.float32)
     for q0, q1, exclude in probe.groups:
@@ -315,7 +319,7 @@ def test_bank_tunes_its_index_on_held_out_frames_and_records_the_curve():
     bank.set_index_spec(IndexSpec(type="hnsw", hnsw_m=8, ef_construction=16, recall_queries=320, target_recall=0.99))
     bank.search(bank.frame_vectors(0)[:2], 1)
     info = bank.index_info
-    assert "bank frames" in info["recall_probe"]
+    assert "bank frames" in info["recall_probe"] and "perturbed" in info["recall_probe"]
     curve = info["recall_curve"]
     depths = [d for d, _ in curve]
     assert depths == sorted(depths) and info["search_depth"] == depths[-1]
@@ -475,3 +479,15 @@ def test_a_saved_auto_bank_reloads_the_candidate_it_chose(tmp_path, monkeypatch)
     _, ids_loaded = loaded.search(queries, 1)
     assert loaded.index_info["type"] == chosen and "loaded_from" in loaded.index_info
     np.testing.assert_array_equal(ids_loaded, ids)
+
+
+def test_probe_recall_is_the_lowest_parts():
+    """A probe of two parts passes a depth only when both of its stand-ins do."""
+    x, _ = clustered(2000)
+    index = faiss.IndexFlatIP(DIM)
+    index.add(x)
+    probe = RecallProbe(x[:20].copy(), [(0, 20, [])], "two parts", parts=[(0, 10), (10, 20)])
+    truth = np.arange(20)
+    truth[15:] = 1999  # five wrong answers in the second part only
+    assert probe_recall(index, probe, truth) == pytest.approx(0.5)
+    assert probe_recall(index, RecallProbe(probe.queries, probe.groups, "one part"), truth) == pytest.approx(0.75)

@@ -390,14 +390,14 @@ class NominalBank:
         return index, info
 
     def recall_probe(self, spec: IndexSpec, window: int | None = None) -> RecallProbe | None:
-        """Patches of up to 16 of this bank's frames, each searched with its neighbouring frames
-        (within ``window`` messages, default the config's calibration_window) excluded: the
-        index is tuned on queries that look like a new pass of the same road, not on copies of
-        what it holds. None when too few frames are left to compare with."""
+        """Half the queries: patches of up to 16 of this bank's frames, each searched with its
+        neighbouring frames (within ``window`` messages, default the config's calibration_window)
+        excluded, like a new pass of the same road; half: perturbed bank vectors. The tuned depth
+        must satisfy both. None when too few frames are left to hold out."""
         if window is None:
             window = int(self.config.get("calibration_window", 12))
         frame_ids = list(iter_frame_ids(self, PROBE_FRAMES))
-        per_frame = max(1, -(-spec.recall_queries // max(len(frame_ids), 1)))
+        per_frame = max(1, -(-(spec.recall_queries // 2) // max(len(frame_ids), 1)))
         rng = np.random.default_rng(spec.seed)
         queries, groups, start = [], [], 0
         for fid in frame_ids:
@@ -411,11 +411,12 @@ class NominalBank:
             start += len(take)
         if len(groups) < 2:
             return None
-        return RecallProbe(
+        held_out = RecallProbe(
             np.ascontiguousarray(np.concatenate(queries), np.float32),
             groups,
             f"{start} patches of {len(groups)} bank frames, +-{window} frames excluded",
         )
+        return held_out.with_perturbed(self.vectors, spec.recall_queries // 2, rng)
 
     def search(
         self, queries: np.ndarray, k: int = 1, exclude: Sequence[tuple[int, int]] | None = None

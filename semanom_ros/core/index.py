@@ -163,11 +163,15 @@ class RecallProbe:
     ``groups`` are ``(first_query, stop_query, exclude)``: those queries are searched with the
     ``exclude`` vector-id ranges [start, stop) skipped, both exactly and approximately, so a
     bank's own frames can stand in for unseen ones (their neighbours in time excluded).
+    ``parts`` split the queries into stand-ins of different kinds; the probe's recall is the
+    lowest part's, because each kind has overstated real recall on some bank: held-out frames on
+    synthetic re-drives, perturbed vectors on the real highway bank.
     """
 
     queries: np.ndarray  # (m, D) float32 unit vectors
     groups: list[tuple[int, int, list[tuple[int, int]]]]
     description: str
+    parts: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # [] = one part, all queries
     truth: np.ndarray | None = None  # exact answers, filled on first use (shared by candidates)
 
     @classmethod
@@ -175,6 +179,18 @@ class RecallProbe:
         """Bank vectors plus noise: the probe for a bare vector set with no frames to hold out."""
         queries = recall_queries(vectors, count, rng)
         return cls(queries, [(0, len(queries), [])], f"{len(queries)} perturbed bank vectors")
+
+    def with_perturbed(self, vectors: np.ndarray, count: int, rng: np.random.Generator) -> "RecallProbe":
+        """This probe plus a second part of ``count`` perturbed bank vectors."""
+        extra = recall_queries(vectors, count, rng)
+        m = len(self.queries)
+        parts = list(self.parts or [(0, m)]) + [(m, m + len(extra))]
+        return RecallProbe(
+            np.concatenate([self.queries, extra]),
+            [*self.groups, (m, m + len(extra), [])],
+            f"{self.description}; {len(extra)} perturbed bank vectors (recall = the lower of the two)",
+            parts,
+        )
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -414,8 +430,12 @@ def probe_recall(index: faiss.Index, probe: RecallProbe, truth: np.ndarray) -> f
         else:
             _, ids = index.search(q, 1)
         found[q0:q1] = ids[:, 0]
-    valid = truth >= 0
-    return float(np.mean(found[valid] == truth[valid])) if valid.any() else 0.0
+    recalls = []
+    for q0, q1 in probe.parts or [(0, len(truth))]:
+        valid = truth[q0:q1] >= 0
+        if valid.any():
+            recalls.append(float(np.mean(found[q0:q1][valid] == truth[q0:q1][valid])))
+    return min(recalls) if recalls else 0.0
 
 
 def recall_from_curve(curve: Sequence[Sequence[float]] | None, depth: int) -> float | None:
