@@ -313,6 +313,13 @@ class MonitorNode(LifecycleNode):
             f"threshold {monitor.threshold:.4f}; input {self._input_topic} "
             f"({self._input_msg_type.__name__}, {self._param('reliability')})"
         )
+        index = monitor.bank.index_info or {}
+        self.get_logger().info(
+            f"index {index.get('type')} (depth {index.get('search_depth')}, build-time recall@1 "
+            f"{index.get('recall_at_1')}, {'read from ' + index['loaded_from'] if 'loaded_from' in index else 'built now'})"
+        )
+        for warning in monitor.bank.warnings:  # e.g. a corrupt index.faiss that was rebuilt
+            self.get_logger().warning(warning)
         return super().on_configure(state)
 
     @staticmethod
