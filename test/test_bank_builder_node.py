@@ -226,8 +226,9 @@ def test_main_saves_on_ctrl_c(ros_context, tiny_model, tmp_path):
     args = ["--ros-args", "-r", f"__node:={name}", "-r", f"image:={topic}", "-p", f"output_bank:={out}",
             "-p", f"model:={tiny_model}", "-p", "input_height:=28", "-p", "calibration_window:=1"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from semanom_ros.nodes.bank_builder_node import main; "
-         "sys.exit(main(sys.argv[1:]))", *args],
+        # SIGINT reset first: a runner started in the background (``cmd &``) passes it down as ignored.
+        [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from semanom_ros.nodes.bank_builder_node import main; sys.exit(main(sys.argv[1:]))", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     probe = Node(f"probe_{name}", context=ros_context)

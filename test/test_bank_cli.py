@@ -146,7 +146,9 @@ def test_errors_are_one_line_with_exit_status(tmp_path, capsys, tiny_model, othe
 # ------------------------------------------------------------------------------ interrupted builds
 _WRAPPER = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
+    # A runner started in the background (``cmd &``) passes SIGINT down as ignored; Ctrl-C must work here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {repo!r})
     phase = os.environ["SEMANOM_TEST_PAUSE_IN"]
     if phase == "embed":
