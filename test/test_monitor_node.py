@@ -208,6 +208,40 @@ def test_latest_frame_slot_keeps_only_the_newest():
     assert slot.take(timeout=0.1) == "d"
 
 
+def test_latest_frame_worker_handles_the_newest_survives_errors_and_stops():
+    from semanom_ros.nodes.worker import LatestFrameWorker
+
+    handled, errors = [], []
+    gate = threading.Event()
+
+    def handle(item):
+        gate.wait(2)  # hold the first item so that later offers pile up in the slot
+        if item == "bad":
+            raise ValueError("one bad frame")
+        handled.append(item)
+
+    worker = LatestFrameWorker("test_worker", handle, errors.append)
+    worker.start()
+    assert worker.running
+    assert worker.offer("first") is False
+    deadline = time.monotonic() + 2
+    while worker._slot._item is not None and time.monotonic() < deadline:  # the thread took "first"
+        time.sleep(0.01)
+    assert worker.offer("stale") is False
+    assert worker.offer("bad") is True  # replaced "stale": a drop
+    gate.set()
+    deadline = time.monotonic() + 2
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.offer("after") is False
+    deadline = time.monotonic() + 2
+    while "after" not in handled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handled == ["first", "after"] and [str(e) for e in errors] == ["one bad frame"]
+    assert worker.stop(timeout=2) and not worker.running
+    assert worker.offer("late") is False and handled == ["first", "after"]
+
+
 # -- lifecycle --------------------------------------------------------------------------------------------
 def test_configure_fails_clearly_and_stays_unconfigured(harness, tiny_bank, other_bank, tiny_model, tmp_path):
     h = harness({"diagnostics_period_s": 0.2})

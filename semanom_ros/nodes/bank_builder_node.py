@@ -47,7 +47,7 @@ from semanom_ros.core.selection import LiveFrameSelector, NearDuplicateFilter
 from semanom_ros.io.images import ImageDecodeError, decode_image
 from semanom_ros.tools import build
 
-from .monitor_node import LatestFrameSlot
+from .worker import LatestFrameWorker
 from .ros_params import ParamSpec, declare_all
 
 __all__ = ["BUILDER_PARAMS", "BankBuilderNode", "DEFAULT_NODE_NAME", "LiveStats", "main"]
@@ -166,8 +166,7 @@ class BankBuilderNode(Node):
         self.summary: build.BuildSummary | None = None
         self._builder: Any = None
         self._lock = threading.Lock()  # the bank: worker adds vs. save
-        self._slot = LatestFrameSlot()
-        self._worker: threading.Thread | None = None
+        self._worker = LatestFrameWorker("bank_builder_worker", lambda item: self.record_message(*item), self._frame_failed)
         self._recording = bool(self._param("start_recording"))
         self._subscription = None
         self._input_topic = ""
@@ -226,7 +225,6 @@ class BankBuilderNode(Node):
         started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         # One source per recording session, so frame ordinals of two sessions never look adjacent.
         self._source = f"live {self._input_topic} {started}"
-        self._worker = threading.Thread(target=self._work, name="bank_builder_worker", daemon=True)
         self._worker.start()
         group = MutuallyExclusiveCallbackGroup()
         qos = QoSProfile(
@@ -276,20 +274,12 @@ class BankBuilderNode(Node):
         if not self._recording:
             self.stats.paused += 1
             return
-        if self._slot.put((msg, index)):
+        if self._worker.offer((msg, index)):
             self.stats.dropped += 1
 
-    def _work(self) -> None:
-        while True:
-            item = self._slot.take()
-            if item is None:
-                return
-            msg, index = item
-            try:
-                self.record_message(msg, index)
-            except Exception as exc:  # noqa: BLE001 - the worker must survive anything one frame does
-                self.stats.bad_messages += 1
-                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+    def _frame_failed(self, exc: Exception) -> None:
+        self.stats.bad_messages += 1
+        self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
     def record_message(self, msg: Any, index: int | None = None) -> bool:
         """Decode, select, embed and add one image message; True when it went into the bank."""
@@ -409,10 +399,7 @@ class BankBuilderNode(Node):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
-        self._slot.close()
-        worker, self._worker = self._worker, None
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=60.0)
+        self._worker.stop(timeout=60.0)
         if self._builder is not None and self.stats.unsaved > 0:
             self.get_logger().info(f"shutting down: saving {self.stats.unsaved} frames not saved yet")
             self.save(calibrate=bool(self.options.calibrate), require_calibration=False)

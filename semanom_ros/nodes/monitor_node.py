@@ -48,8 +48,9 @@ from semanom_ros.io.images import ImageDecodeError, decode_image
 
 from . import ros_params
 from .outputs import HAVE_VISION_MSGS, build_output_messages
+from .worker import LatestFrameSlot, LatestFrameWorker
 
-__all__ = ["DEFAULT_NODE_NAME", "LatestFrameSlot", "MonitorNode", "MonitorStats", "main"]
+__all__ = ["DEFAULT_NODE_NAME", "LatestFrameSlot", "MonitorNode", "MonitorStats", "main"]  # slot re-exported from .worker
 
 DEFAULT_NODE_NAME = "semanom_monitor"
 RECENT_ERROR_S = 10.0  # /diagnostics stays WARN this long after an error or a bad message
@@ -57,54 +58,6 @@ NO_INPUT_WARN_S = 5.0  # ... and when an active node has received nothing for th
 _LATENCY_WINDOW = 300  # frames behind the latency percentiles
 _RATE_WINDOW_S = 5.0
 WARMUP_SIZE = (720, 1280)  # (height, width) of the synthetic warm-up frames: a common camera size
-
-
-class LatestFrameSlot:
-    """A one-slot mailbox: ``put`` replaces what is waiting (returns True when it did), ``take`` blocks.
-
-    The subscription callback puts, the worker takes; the slot never holds more than one frame,
-    so the worker always gets the newest one and nothing queues up.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._closed = False
-
-    def put(self, item: Any) -> bool:
-        with self._cond:
-            if self._closed:
-                return False
-            replaced = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float | None = None) -> Any:
-        """The waiting item, or None once closed (or after ``timeout`` seconds without one)."""
-        with self._cond:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while self._item is None and not self._closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            if self._closed:
-                return None
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        """Wake the taker for good and forget what was waiting."""
-        with self._cond:
-            self._closed = True
-            self._item = None
-            self._cond.notify_all()
-
-    def reopen(self) -> None:
-        with self._cond:
-            self._closed = False
-            self._item = None
 
 
 @dataclass
@@ -197,8 +150,9 @@ class MonitorNode(LifecycleNode):
         self.stats = MonitorStats()
         self._monitor: Monitor | None = None
         self._engine_lock = threading.Lock()  # the worker's frame vs. live parameter changes
-        self._slot = LatestFrameSlot()
-        self._worker: threading.Thread | None = None
+        self._worker = LatestFrameWorker(
+            "semanom_monitor_worker", lambda item: self.process_message(*item), self._frame_failed
+        )
         self._subscription = None
         self._outputs: dict[str, Any] = {}
         self._input_topic = ""
@@ -378,8 +332,6 @@ class MonitorNode(LifecycleNode):
         return super().on_error(state)  # SUCCESS -> unconfigured, ready to configure again
 
     def _start_worker(self) -> None:
-        self._slot.reopen()
-        self._worker = threading.Thread(target=self._work, name="semanom_monitor_worker", daemon=True)
         self._worker.start()
 
     def _stop_input(self) -> None:
@@ -387,12 +339,8 @@ class MonitorNode(LifecycleNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
-        self._slot.close()
-        worker, self._worker = self._worker, None
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=60.0)
-            if worker.is_alive():
-                self.get_logger().error("the worker thread did not stop within 60 s (a frame is still being processed)")
+        if not self._worker.stop(timeout=60.0):
+            self.get_logger().error("the worker thread did not stop within 60 s (a frame is still being processed)")
 
     def _release(self) -> None:
         for pub in self._outputs.values():
@@ -419,20 +367,12 @@ class MonitorNode(LifecycleNode):
         now = time.monotonic()
         self.stats.received += 1
         self.stats.last_received_time = now
-        if self._slot.put((msg, now)):
+        if self._worker.offer((msg, now)):
             self.stats.dropped += 1
 
-    def _work(self) -> None:
-        while True:
-            item = self._slot.take()
-            if item is None:
-                return
-            msg, received = item
-            try:
-                self.process_message(msg, received)
-            except Exception as exc:  # noqa: BLE001 - the worker must survive anything one frame does
-                self.stats.record_error(f"{type(exc).__name__}: {exc}", bad_message=False)
-                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+    def _frame_failed(self, exc: Exception) -> None:
+        self.stats.record_error(f"{type(exc).__name__}: {exc}", bad_message=False)
+        self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
     def process_message(self, msg: Any, received: float | None = None) -> dict[str, Any] | None:
         """Decode, score and publish one image message; returns the published messages (None if bad)."""
