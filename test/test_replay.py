@@ -141,3 +141,14 @@ def test_replay_refuses_to_overwrite_and_names_a_missing_topic(tiny_bank, tmp_pa
     assert main([str(bag), "--bank", str(tiny_bank), "-o", str(tmp_path / "x"), "--topic", "/nope"]) == 2
     err = capsys.readouterr().err
     assert "'/nope'" in err and "/cam/image" in err and not (tmp_path / "x").exists()
+
+
+def test_eval_and_replay_share_their_pipeline_override_flags():
+    from semanom_ros.tools import evaluate, replay
+    from semanom_ros.tools.pipeline_args import pipeline_overrides
+
+    for parser, required in ((evaluate.build_parser(), ["--bank", "b", "-o", "out"]),
+                             (replay.build_parser(), ["in.mcap", "--bank", "b", "-o", "out"])):
+        args = parser.parse_args([*required, "--alpha", "0.99", "--nprobe", "8", "--min-area", "100"])
+        assert pipeline_overrides(args) == {"alpha": 0.99, "nprobe": 8, "min_component_area_px": 100}
+        assert pipeline_overrides(parser.parse_args(required)) == {}

@@ -45,6 +45,7 @@ from .eval_data import (
     find_folder_layout,
 )
 from .eval_metrics import IoUAccumulator, image_metrics, pixel_metrics, threshold_metrics
+from .pipeline_args import add_pipeline_overrides, pipeline_overrides, stderr_warning_sink
 
 __all__ = [
     "EvalOptions",
@@ -655,16 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--bag", help="rosbag2 bag (directory, .mcap or .db3)")
     src.add_argument("--topic", help="image topic of the bag (default: the one with most messages)")
     src.add_argument("--max-frames", type=int, help="evaluate at most this many frames")
-    ov = p.add_argument_group("pipeline overrides (default: the bank's settings)")
-    ov.add_argument("--model", help="model folder or hub id (e.g. a local copy when the manifest names a hub id)")
-    thr = ov.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=float, help="fixed score threshold instead of the bank's calibration")
-    thr.add_argument("--alpha", type=float, help="calibrated threshold at this alpha")
-    ov.add_argument("--min-area", type=int, dest="min_area", help="minimum component area in pixels")
-    ov.add_argument("--k", type=int, help="nearest neighbours per patch")
-    ov.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    ov.add_argument("--input-height", type=int, help="backbone input height (must match the bank)")
-    ov.add_argument("--num-threads", type=int, help="torch/faiss CPU threads")
+    add_pipeline_overrides(p, "model folder or hub id (e.g. a local copy when the manifest names a hub id)")
     rp = p.add_argument_group("report")
     rp.add_argument("--pixel-stride", type=int, default=DEFAULT_PIXEL_STRIDE,
                     help="pixel metrics sample every n-th pixel in each direction (default 4)")
@@ -722,24 +714,8 @@ def dataset_from_args(args: argparse.Namespace, sink: WarningSink) -> FolderData
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    def emit(text: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(f"WARNING: {text}", file=sys.stderr)
-
-    sink = WarningSink(emit)
-    overrides = {
-        "model": args.model,
-        "threshold": args.threshold,
-        "alpha": args.alpha,
-        "min_component_area_px": args.min_area,
-        "k": args.k,
-        "device": args.device,
-        "input_height": args.input_height,
-        "num_threads": args.num_threads,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    sink = stderr_warning_sink()
+    overrides = pipeline_overrides(args)
     try:
         options = EvalOptions(
             pixel_stride=args.pixel_stride,

@@ -34,6 +34,7 @@ from semanom_ros.io.frames import IMAGE_MSGTYPES, SkipStats, iter_bag_frames, ro
 
 from .eval_data import WarningSink
 from .evaluate import config_from_bank
+from .pipeline_args import add_pipeline_overrides, pipeline_overrides, stderr_warning_sink
 
 __all__ = ["DEFAULT_NAMESPACE", "ReplayError", "ReplaySummary", "main", "output_paths", "replay_bag", "ros_msgtype"]
 
@@ -265,33 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     p.add_argument("--no-compression", action="store_true", help="write uncompressed MCAP chunks (default: zstd)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ov = p.add_argument_group("pipeline overrides (default: the bank's settings)")
-    ov.add_argument("--model", help="model folder or hub id")
-    thr = ov.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=float, help="fixed score threshold instead of the bank's calibration")
-    thr.add_argument("--alpha", type=float, help="calibrated threshold at this alpha")
-    ov.add_argument("--min-area", type=int, dest="min_area", help="minimum component area in pixels")
-    ov.add_argument("--k", type=int, help="nearest neighbours per patch")
-    ov.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    ov.add_argument("--input-height", type=int, help="backbone input height (must match the bank)")
-    ov.add_argument("--num-threads", type=int, help="torch/faiss CPU threads")
+    add_pipeline_overrides(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    def emit(text: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(f"WARNING: {text}", file=sys.stderr)
-
-    sink = WarningSink(emit)
-    overrides = {
-        "model": args.model, "threshold": args.threshold, "alpha": args.alpha, "min_component_area_px": args.min_area,
-        "k": args.k, "device": args.device, "input_height": args.input_height, "num_threads": args.num_threads,
-    }
+    sink = stderr_warning_sink()
+    overrides = pipeline_overrides(args)
     try:
         cfg = config_from_bank(args.bank, overrides)
         summary = replay_bag(
