@@ -491,3 +491,15 @@ def test_probe_recall_is_the_lowest_parts():
     truth[15:] = 1999  # five wrong answers in the second part only
     assert probe_recall(index, probe, truth) == pytest.approx(0.5)
     assert probe_recall(index, RecallProbe(probe.queries, probe.groups, "one part"), truth) == pytest.approx(0.75)
+
+
+def test_setting_the_same_index_spec_keeps_the_built_index(data):
+    x, _ = data
+    bank = NominalBank.from_vectors(x, signature())
+    bank.config = PipelineConfig(device="cpu", index_type="ivf").to_dict()
+    bank.search(x[:2], 1)
+    built = bank._ensure_index()
+    bank.set_index_spec(IndexSpec.from_config(bank.config))
+    assert bank._ensure_index() is built
+    bank.set_index_spec(IndexSpec.from_config(dict(bank.config, index_type="hnsw")))
+    assert bank._ensure_index() is not built and bank.index_info["type"] == "hnsw"

@@ -317,8 +317,14 @@ class NominalBank:
 
     # -- search -----------------------------------------------------------------------------
     def set_index_spec(self, spec: IndexSpec | None) -> None:
-        """Choose the index strategy (None = from the bank's config); applied on the next search."""
-        self.index_spec = spec.validate() if spec is not None else None
+        """Choose the index strategy (None = from the bank's config); applied on the next search.
+        The same strategy as the current one keeps the index already built (a Monitor built on an
+        in-memory bank would otherwise index and tune it a second time)."""
+        new = spec.validate() if spec is not None else None
+        current = self.index_spec or IndexSpec.from_config(self.config)
+        self.index_spec = new
+        if self._index is not None and (new or IndexSpec.from_config(self.config)) == current:
+            return
         self._index = self._cpu_index = None
 
     def _warn(self, message: str) -> None:
