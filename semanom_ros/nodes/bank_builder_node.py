@@ -36,7 +36,6 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rcl_interfaces.msg import ParameterDescriptor
-from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
 from semanom_ros.core.bank import MANIFEST, NominalBank
@@ -48,6 +47,7 @@ from semanom_ros.io.images import ImageDecodeError, decode_image
 from semanom_ros.tools import build
 
 from .worker import LatestFrameWorker
+from . import ros_params
 from .ros_params import ParamSpec, declare_all
 
 __all__ = ["BUILDER_PARAMS", "BankBuilderNode", "DEFAULT_NODE_NAME", "LiveStats", "main"]
@@ -259,14 +259,8 @@ class BankBuilderNode(Node):
         return self._builder.bank if self._builder is not None else None
 
     def _resolve_input(self) -> tuple[str, Any]:
-        base = self.resolve_topic_name("image")
-        kind = str(self._param("input_type"))
-        if kind == "auto":
-            kind = "compressed" if base.endswith("/compressed") else "raw"
-        if kind == "compressed":
-            topic = base if base.endswith("/compressed") else base.rstrip("/") + "/compressed"
-            return topic, CompressedImage
-        return base, Image
+        """(topic, message class) from ``image`` (after remapping) and ``input_type``."""
+        return ros_params.image_input(self.resolve_topic_name("image"), str(self._param("input_type")))
 
     def _on_image(self, msg: Any) -> None:
         index = self.stats.received  # message ordinal on the topic (frame index in the bank)

@@ -37,7 +37,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, Header
 
 from semanom_ros.core.bank import NominalBank
@@ -226,15 +226,7 @@ class MonitorNode(LifecycleNode):
 
     def _resolve_input(self) -> tuple[str, Any]:
         """(topic, message class) from ``image`` (after remapping) and ``input_type``."""
-        base = self.resolve_topic_name("image")
-        kind = str(self._param("input_type"))
-        if kind == "auto":
-            kind = "compressed" if base.endswith("/compressed") else "raw"
-        if kind == "compressed":
-            # image_transport publishes CompressedImage on '<base>/compressed'.
-            topic = base if base.endswith("/compressed") else base.rstrip("/") + "/compressed"
-            return topic, CompressedImage
-        return base, Image
+        return ros_params.image_input(self.resolve_topic_name("image"), str(self._param("input_type")))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

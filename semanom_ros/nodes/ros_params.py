@@ -216,3 +216,17 @@ def check_choice(name: str, value: Any) -> str | None:
 def config_values(get: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> dict[str, Any]:
     """PipelineConfig keyword values from parameter values; ``get(name)`` returns a parameter's value."""
     return {spec.name: spec.to_config(get(spec.name)) for spec in specs if spec.config_field}
+
+
+def image_input(resolved_topic: str, input_type: str) -> tuple[str, Any]:
+    """(topic, message class) a node subscribes to, from its resolved ``image`` topic and ``input_type``
+    (auto: compressed when the topic ends in /compressed)."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    kind = "compressed" if input_type == "auto" and resolved_topic.endswith("/compressed") else input_type
+    if kind == "compressed":
+        # image_transport publishes CompressedImage on '<base>/compressed'.
+        topic = resolved_topic if resolved_topic.endswith("/compressed") else resolved_topic.rstrip("/") + "/compressed"
+        return topic, CompressedImage
+    return resolved_topic, Image
+
