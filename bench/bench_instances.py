@@ -93,7 +93,7 @@ def random_bank(n: int, dim: int, rng: np.random.Generator, kind: str) -> Nomina
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     sig = ModelSignature(model="bench", fingerprint="bench", input_height=224, dim=dim)
     bank = NominalBank.from_vectors(vectors, sig, frame_of_vector=np.arange(n) // max(1, n // 150), kind=kind)
-    bank._ensure_index()
+    bank.search_index.ensure()
     return bank
 
 
