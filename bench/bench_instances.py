@@ -36,11 +36,11 @@ import torch  # noqa: E402
 
 from semanom_ros.core import FeatureExtractor, NominalBank  # noqa: E402
 from semanom_ros.core.bank import ModelSignature  # noqa: E402
-from semanom_ros.core.detector import BoxProposer  # noqa: E402
+from semanom_ros.core.instances.detector import BoxProposer  # noqa: E402
 from semanom_ros.core.instances import InstancePipeline, mask_average_embeddings  # noqa: E402
 from semanom_ros.core.maps import threshold_components, upsample_scores  # noqa: E402
 from semanom_ros.core.scoring import knn_scores, patch_score_grid  # noqa: E402
-from semanom_ros.core.segmenter import Sam2Segmenter  # noqa: E402
+from semanom_ros.core.instances.segmenter import Sam2Segmenter  # noqa: E402
 
 
 def shared_dir() -> Path:

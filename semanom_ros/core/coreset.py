@@ -281,7 +281,9 @@ class CoresetCalibrationView:
         return self._coreset.search(queries, k=k, exclude=exclude)
 
 
-def calibrate_coreset(coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
+def calibrate_coreset(
+    coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress=None
+) -> dict[str, Any]:
     """Leave-one-out calibration of a coreset bank with the full bank's frames as queries."""
     view = CoresetCalibrationView(coreset, full)
     cal = calibrate_bank(view, config, progress)  # type: ignore[arg-type]

@@ -44,7 +44,8 @@ class IgnoreMask:
         if size not in self._pixels:
             mask = self.configured
             if mask.shape != size:
-                mask = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+                resized = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+                mask = resized > 0
             self._pixels[size] = mask
         return self._pixels[size]
 

@@ -94,7 +94,8 @@ class Monitor:
             else:
                 instance_bank = NominalBank.load(config.instance_bank)
                 self.scorer = CombinedScorer(
-                    PatchScorer(config, self.bank, ignore), InstanceScorer(config, instance_bank, pipeline, ignore)
+                    PatchScorer(config, self.bank, ignore),
+                    InstanceScorer(config, instance_bank, pipeline, ignore),
                 )
         if config.prompt_fusion_weight > 0 and config.mode == "patch":
             self._patch_scorer().build_prompt_scorer()
@@ -118,7 +119,8 @@ class Monitor:
         if isinstance(self.scorer, CombinedScorer):
             return self.scorer.patch
         raise ConfigError(
-            f"score_features scores patches against a patch bank; in {self.config.mode} mode call process(rgb)"
+            f"score_features scores patches against a patch bank; in {self.config.mode} mode "
+            "call process(rgb)"
         )
 
     def set_prompts(self, nominal_prompts: list[str] | None, anomaly_prompts: list[str] | None) -> None:

@@ -81,7 +81,10 @@ class PatchBankBuilder(BankBuilder):
     """Streams frames into a patch bank (one vector per patch) in batches, then calibrates it."""
 
     def __init__(
-        self, config: PipelineConfig, extractor: FeatureExtractor | None = None, bank: NominalBank | None = None
+        self,
+        config: PipelineConfig,
+        extractor: FeatureExtractor | None = None,
+        bank: NominalBank | None = None,
     ) -> None:
         super().__init__(config)
         self.extractor = extractor or FeatureExtractor.from_config(config)
@@ -96,7 +99,8 @@ class PatchBankBuilder(BankBuilder):
         """Add one frame whose features are already extracted (callers that look at the features
         first, e.g. to skip near duplicates by CLS similarity); returns the frame's id in the bank."""
         keep = None
-        ignore_px = self.ignore.with_frame(feat.image_size, getattr(frame, "ignore", None), "frame ignore mask")
+        own = getattr(frame, "ignore", None)
+        ignore_px = self.ignore.with_frame(feat.image_size, own, "frame ignore mask")
         if ignore_px is not None:
             keep = ~self.ignore.patch_mask(ignore_px, feat.grid_shape)
         return self.bank.add_patch_grid(feat.patches, keep=keep, **frame_provenance(frame))

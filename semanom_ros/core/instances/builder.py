@@ -36,7 +36,8 @@ class InstanceBankBuilder(BankBuilder):
             check_instance_bank(bank, self.pipeline, where="existing bank")
             self.bank = bank
         else:
-            self.bank = NominalBank(self.extractor.signature(), kind=INSTANCE_BANK_KIND, config=config.to_dict())
+            signature = self.extractor.signature()
+            self.bank = NominalBank(signature, kind=INSTANCE_BANK_KIND, config=config.to_dict())
             self.bank.extra["instance"] = self.pipeline.describe()
         self.frames_added = 0
         self.instances_added = 0

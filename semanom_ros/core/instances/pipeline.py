@@ -3,11 +3,11 @@
 The paper's second (and best) variant compares whole objects instead of isolated patches, so a
 traffic light on a truck or a stop sign on a billboard is judged as one object:
 
-1. :class:`~semanom_ros.core.detector.BoxProposer` (OWLv2) proposes boxes, from text queries or
+1. :class:`~semanom_ros.core.instances.detector.BoxProposer` (OWLv2) proposes boxes, from text queries or
    class-agnostically from its objectness score; duplicates and nested parts are merged.
-2. :class:`~semanom_ros.core.segmenter.Sam2Segmenter` (SAM 2) turns every box into a mask, all
+2. :class:`~semanom_ros.core.instances.segmenter.Sam2Segmenter` (SAM 2) turns every box into a mask, all
    boxes of a frame in one batch over one image embedding.
-3. :func:`mask_average_embeddings` averages the frame's DINOv2 patch embeddings under each mask,
+3. :func:`~semanom_ros.core.instances.embeddings.mask_average_embeddings` averages the frame's DINOv2 patch embeddings under each mask,
    each patch weighted by the fraction of it the mask covers, and normalises the mean.
 4. The instance embedding is scored against an instance bank (``NominalBank(kind="instance")``,
    one vector per nominal instance) exactly like a patch: score = 1 - max cosine similarity
@@ -15,17 +15,8 @@ traffic light on a truck or a stop sign on a billboard is judged as one object:
    instance scores of the nominal frames (``calibration_level: patch`` = per instance,
    ``image`` = per frame's highest instance score).
 
-Frame decision. ``instance`` mode: anomalous when any instance scores above the threshold;
-the image score is the highest instance score (0 without instances). ``combined`` mode (patch
-bank + instance bank): anomalous when any instance is anomalous, OR when a patch component
-(above the patch threshold, area-filtered) lies mostly (``combined_min_outside_fraction``)
-outside every instance mask. A component on an instance is judged by that instance (which
-cuts patch false alarms on known objects seen at odd angles), a component outside all
-instances is something OWLv2 did not propose (debris, a spill) and still raises the alarm.
-
-Label image: instances are ordered by decreasing anomaly score and numbered 1..n; where masks
-overlap, a pixel keeps the first (highest-scoring) instance's number, later ones never
-overwrite it. In combined mode patch components that count as evidence follow as n+1..n+m.
+Scoring (step 4) and the frame decision of instance and combined mode are
+:mod:`semanom_ros.core.scorers.instance`.
 """
 from __future__ import annotations
 

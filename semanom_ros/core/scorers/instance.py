@@ -1,4 +1,4 @@
-"""Instance and combined modes: objects (OWLv2 -> SAM 2 -> mask-averaged DINOv2) scored against an instance bank.
+"""Instance and combined modes: objects (OWLv2 -> SAM 2 -> mask-averaged DINOv2) vs an instance bank.
 
 Frame decision. ``instance`` mode: anomalous when any instance scores above the threshold;
 the image score is the highest instance score (0 without instances). ``combined`` mode (patch
@@ -34,7 +34,9 @@ from .base import Scorer
 from .patch import PatchScorer
 
 
-def score_instances(bank: NominalBank, instances: Sequence[Instance], threshold: float, k: int = 1) -> list[Instance]:
+def score_instances(
+    bank: NominalBank, instances: Sequence[Instance], threshold: float, k: int = 1
+) -> list[Instance]:
     """Set score / is_anomalous / index on each instance; returns them by decreasing score, numbered 1..n."""
     if instances:
         scores = knn_scores(bank, np.stack([inst.embedding for inst in instances]), k)
@@ -95,7 +97,9 @@ class InstanceScorer(Scorer):
         self.ignore = ignore
         check_instance_bank(bank, pipeline)
         if len(bank) == 0:
-            raise BankError("the instance bank holds no instances; build it from nominal frames with objects in them")
+            raise BankError(
+                "the instance bank holds no instances; build it from nominal frames with objects in them"
+            )
         self.threshold: float | None = None  # combined mode's own instance threshold (see CombinedScorer)
         bank.search_index.ensure()
 
@@ -104,7 +108,8 @@ class InstanceScorer(Scorer):
         cal = self.bank.calibration
         if not cal:
             raise BankError(
-                "the instance bank is not calibrated and no instance_threshold is set; run 'semanom-bank calibrate'"
+                "the instance bank is not calibrated and no instance_threshold is set; "
+                "run 'semanom-bank calibrate'"
             )
         theirs = cal.get("k")
         if theirs is not None and int(theirs) != int(self.config.k):
@@ -115,13 +120,16 @@ class InstanceScorer(Scorer):
         return threshold_for_alpha(cal, self.config.alpha, self.config.calibration_level)
 
     def set_alpha(self, alpha: float) -> float:
-        self.threshold = threshold_for_alpha(self.bank.calibration or {}, alpha, self.config.calibration_level)
+        calibration = self.bank.calibration or {}
+        self.threshold = threshold_for_alpha(calibration, alpha, self.config.calibration_level)
         return self.threshold
 
     def set_threshold(self, threshold: float) -> None:
         """Combined mode's instance threshold at run time (instance mode uses Monitor.set_threshold)."""
         if not 0.0 <= threshold <= 2.0:
-            raise ConfigError(f"instance_threshold: {threshold} must be in [0, 2] (scores are 1 - cosine similarity)")
+            raise ConfigError(
+                f"instance_threshold: {threshold} must be in [0, 2] (scores are 1 - cosine similarity)"
+            )
         self.threshold = float(threshold)
         self.config.instance_threshold = float(threshold)
 
@@ -179,9 +187,8 @@ class CombinedScorer(Scorer):
         self.instances = instances
         self.config = patch.config
         self.bank = patch.bank
-        instances.threshold = (
-            instances.own_threshold() if self.config.instance_threshold is None else float(self.config.instance_threshold)
-        )
+        fixed = self.config.instance_threshold
+        instances.threshold = instances.own_threshold() if fixed is None else float(fixed)
 
     def threshold_at(self, alpha: float) -> float:
         threshold = self.patch.threshold_at(alpha)

@@ -63,7 +63,9 @@ class PatchScorer(Scorer):
         ignore = self.ignore_patches(features.image_size, features.grid_shape)
         if extra_ignore is not None:
             if extra_ignore.shape != features.image_size:
-                raise ImageError(f"ignore mask shape {extra_ignore.shape} differs from the frame's {features.image_size}")
+                raise ImageError(
+                    f"ignore mask shape {extra_ignore.shape} differs from the frame's {features.image_size}"
+                )
             extra = self.ignore.patch_mask(extra_ignore, features.grid_shape)
             ignore = extra if ignore is None else (ignore | extra)
         grid = patch_score_grid(
@@ -76,7 +78,8 @@ class PatchScorer(Scorer):
             grid = fuse_score_maps(grid, self.prompt_scorer.score_map(rgb, grid.shape), weight, threshold)
         t_prompts = time.perf_counter()
         score_map = upsample_scores(grid, features.image_size)
-        mask, labels, components = threshold_components(score_map, threshold, self.config.min_component_area_px)
+        min_area = self.config.min_component_area_px
+        mask, labels, components = threshold_components(score_map, threshold, min_area)
         t2 = time.perf_counter()
         timings = {"search": (t1 - t0) * 1e3, "maps": (t2 - t_prompts) * 1e3}
         if fused_prompts:

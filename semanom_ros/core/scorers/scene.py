@@ -456,8 +456,10 @@ class SceneBankBuilder(BankBuilder):
         return scorer.calibrate(self.config.alpha, self.config.calibration_window)
 
 
-def build_scene_bank(config: PipelineConfig, frames: Iterable[Any], extractor: FeatureExtractor | None = None) -> NominalBank:
-    """A fitted and calibrated ``kind="global"`` bank from nominal frames (objects with rgb, source, index, stamp_ns).
+def build_scene_bank(
+    config: PipelineConfig, frames: Iterable[Any], extractor: FeatureExtractor | None = None
+) -> NominalBank:
+    """A fitted and calibrated ``kind="global"`` bank from nominal frames (rgb, source, index, stamp_ns).
 
     Uses the config's model, input_height, global_embedding, knnn_m, kmeans_k_range,
     hdbscan_min_cluster_size, alpha and calibration_window; save it with ``bank.save(path)``.

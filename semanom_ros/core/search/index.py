@@ -61,7 +61,7 @@ def is_torch_tensor(array: Any) -> bool:
 
 
 class SearchIndex:
-    """The index over one bank's vectors: strategy, life cycle (build / load / invalidate / release), search."""
+    """The index over one bank's vectors: strategy, life cycle (build, load, invalidate, release), search."""
 
     def __init__(self, vectors: IndexedVectors) -> None:
         self._vectors = vectors
@@ -157,7 +157,8 @@ class SearchIndex:
         if saved and saved.get("num_vectors") == n and saved.get("requested") == spec.type:
             # Same strategy as saved but no usable index file: rebuild what was saved (same type,
             # lists and search depth; seeded training) and keep the recall measured at build time.
-            kept = {"type": saved["type"], "nlist": spec.nlist or int(saved.get("params", {}).get("nlist", 0))}
+            saved_nlist = int(saved.get("params", {}).get("nlist", 0))
+            kept = {"type": saved["type"], "nlist": spec.nlist or saved_nlist}
             depth = saved.get("search_depth")
             if depth and not (spec.nprobe or spec.ef_search):
                 kept["nprobe" if saved["type"] in ("ivf", "ivfpq") else "ef_search"] = int(depth)
