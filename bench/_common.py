@@ -35,7 +35,7 @@ def pin_threads(threads: int) -> int:
     """One thread count for torch, faiss and NumPy's BLAS (they run one after another)."""
     from threadpoolctl import threadpool_limits
 
-    from semanom_ros.core.index import configure_threads
+    from semanom_ros.core.threads import configure_threads
 
     n = configure_threads(threads)
     threadpool_limits(n)  # NumPy's OpenBLAS has its own pool, untouched by OMP settings

@@ -36,11 +36,11 @@ import torch  # noqa: E402
 
 from semanom_ros.core import FeatureExtractor, NominalBank  # noqa: E402
 from semanom_ros.core.bank import ModelSignature  # noqa: E402
-from semanom_ros.core.detector import BoxProposer  # noqa: E402
+from semanom_ros.core.instances.detector import BoxProposer  # noqa: E402
 from semanom_ros.core.instances import InstancePipeline, mask_average_embeddings  # noqa: E402
 from semanom_ros.core.maps import threshold_components, upsample_scores  # noqa: E402
 from semanom_ros.core.scoring import knn_scores, patch_score_grid  # noqa: E402
-from semanom_ros.core.segmenter import Sam2Segmenter  # noqa: E402
+from semanom_ros.core.instances.segmenter import Sam2Segmenter  # noqa: E402
 
 
 def shared_dir() -> Path:
@@ -93,7 +93,7 @@ def random_bank(n: int, dim: int, rng: np.random.Generator, kind: str) -> Nomina
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     sig = ModelSignature(model="bench", fingerprint="bench", input_height=224, dim=dim)
     bank = NominalBank.from_vectors(vectors, sig, frame_of_vector=np.arange(n) // max(1, n // 150), kind=kind)
-    bank._ensure_index()
+    bank.search_index.ensure()
     return bank
 
 

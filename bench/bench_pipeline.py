@@ -49,7 +49,6 @@ def compressed_messages(limit: int) -> tuple[list, str]:
 def nominal_bank(extractor, cache: Path):
     """Bank of the 150 nominal frames at the extractor's input height (embeddings cached on disk)."""
     from semanom_ros.core.bank import NominalBank
-    from semanom_ros.core.monitor import signature_of
 
     cache.mkdir(parents=True, exist_ok=True)
     file = cache / f"nominal_{extractor.input_height}.npy"
@@ -65,7 +64,7 @@ def nominal_bank(extractor, cache: Path):
         np.save(file, vectors)
         print(f"  embedded {len(nominal)} nominal frames at height {extractor.input_height} in {time.perf_counter() - t0:.0f} s")
     per_frame = len(vectors) // len(nominal)
-    return NominalBank.from_vectors(vectors, signature_of(extractor), frame_of_vector=np.arange(len(vectors)) // per_frame)
+    return NominalBank.from_vectors(vectors, extractor.signature(), frame_of_vector=np.arange(len(vectors)) // per_frame)
 
 
 def publish_messages(monitor, rgb, result) -> object:
@@ -111,7 +110,7 @@ def run_height(height: int, msgs: list, args, out_rows: list) -> None:
         stamps.append(time.perf_counter())
         batch = extractor.preprocess(rgb)[None]
         stamps.append(time.perf_counter())
-        patches, _ = extractor._forward(batch)
+        patches, _ = extractor.forward(batch)
         stamps.append(time.perf_counter())
         grid_shape = patches.shape[1]
         h, w = batch.shape[2] // extractor.patch_size, batch.shape[3] // extractor.patch_size

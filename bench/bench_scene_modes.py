@@ -26,7 +26,7 @@ from _common import model_dir, pin_threads, shared_dir  # noqa: E402
 
 from semanom_ros.core import FeatureExtractor, Monitor, PatchBankBuilder, PipelineConfig  # noqa: E402
 from semanom_ros.core.features import Features  # noqa: E402
-from semanom_ros.core.scene import evaluate_scene_modes, format_modes_table  # noqa: E402
+from semanom_ros.workflows.scene_evaluation import evaluate_scene_modes, format_modes_table  # noqa: E402
 
 
 def read_rgb(path: Path) -> np.ndarray:

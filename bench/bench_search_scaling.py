@@ -94,7 +94,7 @@ def dinov2_forward_ms(input_height: int, repeats: int) -> float:
     extractor = FeatureExtractor(str(model_dir()), input_height, "cpu", "float32")
     rgb = read_rgb(sorted((shared_dir() / "data" / "highway" / "test" / "images").glob("*.jpg"))[0])
     batch = extractor.preprocess(rgb)[None]
-    ms, _ = timed(lambda: extractor._forward(batch), repeats)
+    ms, _ = timed(lambda: extractor.forward(batch), repeats)
     extractor.release()
     del extractor
     gc.collect()
@@ -104,7 +104,7 @@ def dinov2_forward_ms(input_height: int, repeats: int) -> float:
 
 def sweep(index, kind, n, one_frame, queries, true_s, true_i, forward_ms, tuned_row) -> list[dict]:
     """Speed/recall trade-off of one approximate index over its search depth (nprobe or efSearch)."""
-    from semanom_ros.core.index import search_depth, set_search_depth
+    from semanom_ros.core.search.faiss_backend import search_depth, set_search_depth
 
     tuned = search_depth(index)
     depths = (4, 8, 16, 32, 64, 128) if kind != "hnsw" else (16, 32, 64, 128, 192, 256, 384)
@@ -144,7 +144,8 @@ def main() -> None:
     args = ap.parse_args()
 
     threads = pin_threads(args.threads)
-    from semanom_ros.core.index import IndexSpec, build_index, index_bytes, search_depth
+    from semanom_ros.core.search.faiss_backend import build_index, index_bytes, search_depth
+    from semanom_ros.core.search.spec import IndexSpec
 
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     quick = args.types == "quick"
@@ -183,7 +184,7 @@ def main() -> None:
                 if kind == "auto":  # the product: default bank settings, probe-tuned depth
                     pbank = product_bank(bank)
                     t_build = time.perf_counter()
-                    index = pbank._ensure_index()
+                    index = pbank.search_index.ensure()
                     info = dict(pbank.index_info, build_s=time.perf_counter() - t_build)
                     print(f"    auto -> {info['type']} depth {info['search_depth']}; probe: {info.get('recall_probe')}; "
                           f"curve {info.get('recall_curve')}", flush=True)

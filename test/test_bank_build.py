@@ -382,7 +382,7 @@ def test_instance_mode_build_and_append(tmp_path):
 
 def test_streamed_save_writes_the_files_np_save_writes(tmp_path, monkeypatch):
     """Large banks still in parts are written part by part (no concatenated copy): same bytes."""
-    from semanom_ros.core import bank as bank_module
+    from semanom_ros.core.bank import store as bank_module
     from semanom_ros.core.bank import ModelSignature
 
     def fresh() -> NominalBank:
@@ -393,10 +393,10 @@ def test_streamed_save_writes_the_files_np_save_writes(tmp_path, monkeypatch):
         return bank
 
     fresh().save(tmp_path / "concatenated")
-    monkeypatch.setattr(bank_module._Chunks, "STREAM_WRITE_BYTES", 0)
+    monkeypatch.setattr(bank_module.ChunkedArray, "STREAM_WRITE_BYTES", 0)
     streamed = fresh()
     streamed.save(tmp_path / "streamed")
-    assert len(streamed._vectors._parts) == 5  # written without concatenating
+    assert streamed.vector_chunks.num_parts == 5  # written without concatenating
     for name in ("embeddings.npy", "vector_meta.npy", "frames.npy"):
         assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "concatenated" / name).read_bytes()
     assert NominalBank.load(tmp_path / "streamed").num_frames == 5

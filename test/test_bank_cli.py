@@ -161,14 +161,14 @@ _WRAPPER = textwrap.dedent(
             return out
         features.FeatureExtractor.extract_batch = slow_extract
     else:
-        from semanom_ros.core import bank
-        original = bank._file_digest
+        from semanom_ros.core.bank import persist
+        original = persist.file_digest
         def slow_digest(path):
             if path.parent.name.startswith("."):  # a file of the new bank, in its temporary directory
                 print("SAVING", path, flush=True)
                 time.sleep(60)
             return original(path)
-        bank._file_digest = slow_digest
+        persist.file_digest = slow_digest
     from semanom_ros.tools.bank_cli import main
     sys.exit(main(sys.argv[1:]))
     """

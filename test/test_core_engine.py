@@ -173,7 +173,7 @@ def test_interrupted_save_leaves_previous_bank_intact(tmp_path, monkeypatch):
     old = _random_bank(seed=1)
     old.save(path)
     new = _random_bank(frames=9, seed=2)
-    import semanom_ros.core.bank as bank_mod
+    import semanom_ros.core.bank.store as bank_mod
 
     calls = {"n": 0}
     real_save = np.save

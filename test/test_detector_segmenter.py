@@ -10,14 +10,14 @@ import pytest
 
 from conftest import textured_frame
 from semanom_ros.core import ConfigError, ImageError, ModelError
-from semanom_ros.core.detector import (
+from semanom_ros.core.instances.detector import (
     BoxProposer,
     box_iou,
     merge_overlapping_boxes,
     non_max_suppression,
     resolve_checkpoint,
 )
-from semanom_ros.core.segmenter import Sam2Segmenter, clip_masks_to_boxes
+from semanom_ros.core.instances.segmenter import Sam2Segmenter, clip_masks_to_boxes
 from tiny_models import save_tiny_dinov2, save_tiny_owlv2, save_tiny_sam2
 
 

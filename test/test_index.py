@@ -12,21 +12,17 @@ import pytest
 from semanom_ros.core.bank import ModelSignature, NominalBank
 from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import ConfigError
-from semanom_ros.core.index import (
-    IndexSpec,
+from semanom_ros.core.search.faiss_backend import (
     build_index,
-    configure_threads,
-    default_nlist,
     excluding_params,
-    search_excluding,
     maybe_to_gpu,
-    RecallProbe,
     probe_recall,
-    probe_truth,
-    resolve_num_threads,
-    resolve_type,
     search_depth,
+    search_excluding,
 )
+from semanom_ros.core.search.recall import RecallProbe, probe_truth
+from semanom_ros.core.search.spec import IndexSpec, default_nlist, resolve_type
+from semanom_ros.core.threads import configure_threads, resolve_num_threads
 from semanom_ros.core.scoring import leave_one_out_scores
 
 DIM = 64
@@ -111,16 +107,16 @@ def test_auto_is_exact_below_threshold_and_measures_the_candidates_above(data):
 
 def test_auto_prefers_the_candidate_that_reaches_the_target(data, monkeypatch):
     """A candidate under the target loses even when it is faster."""
-    import semanom_ros.core.index as index_module
+    import semanom_ros.core.search.faiss_backend as index_module
 
     x, _ = data
-    real_tune = index_module._tune
+    real_tune = index_module.tune_depth
 
     def hnsw_misses(index, kind, *args):
         recall, curve, probe = real_tune(index, kind, *args)
         return (0.5 if kind == "hnsw" else recall), curve, probe
 
-    monkeypatch.setattr(index_module, "_tune", hnsw_misses)
+    monkeypatch.setattr(index_module, "tune_depth", hnsw_misses)
     _, info = build_index(x, IndexSpec(type="auto", auto_threshold=1000, target_recall=0.9, **SMALL))
     assert info["type"] == "ivf" and info["recall_at_1"] >= 0.9
 
@@ -300,7 +296,7 @@ def video_bank(frames: int = 60, per_frame: int = 40, seed: int = 3) -> NominalB
 
 def test_probe_truth_never_returns_an_excluded_vector():
     bank = video_bank()
-    probe = bank.recall_probe(IndexSpec(recall_queries=160))
+    probe = bank.search_index.recall_probe(IndexSpec(recall_queries=160))
     assert probe is not None and "+-3 frames excluded" in probe.description and "perturbed" in probe.description
     held_out = [g for g in probe.groups if g[2]]
     assert len(held_out) == 16 and probe.parts == [(0, 80), (80, 160)]
@@ -332,7 +328,7 @@ def test_bank_tunes_its_index_on_held_out_frames_and_records_the_curve():
 def test_a_single_frame_bank_falls_back_to_perturbed_vectors(data):
     x, _ = data
     bank = NominalBank.from_vectors(x, signature(), frame_of_vector=np.zeros(len(x), int))
-    assert bank.recall_probe(IndexSpec()) is None
+    assert bank.search_index.recall_probe(IndexSpec()) is None
     bank.set_index_spec(IndexSpec(type="ivf", **SMALL))
     bank.search(x[:3], 1)
     assert "perturbed" in bank.index_info["recall_probe"]
@@ -354,12 +350,12 @@ def test_saved_approximate_index_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     assert "index.faiss" in manifest["files"] and manifest["index"]["type"] == "hnsw"
     assert "loaded_from" not in manifest["index"]
 
-    import semanom_ros.core.bank as bank_module
+    import semanom_ros.core.search.index as search_index_module
 
     def no_build(*args, **kwargs):
         raise AssertionError("the saved index should have been read, not rebuilt")
 
-    monkeypatch.setattr(bank_module, "build_index", no_build)
+    monkeypatch.setattr(search_index_module, "build_index", no_build)
     loaded = NominalBank.load(tmp_path / "bank")
     _, ids_loaded = loaded.search(queries, 1)
     np.testing.assert_array_equal(ids_loaded, ids)
@@ -402,15 +398,15 @@ def test_damaged_index_file_is_rebuilt_with_a_warning(tmp_path, damage):
 def test_a_depth_override_reuses_the_saved_index_and_reports_the_measured_recall(tmp_path, monkeypatch):
     bank, queries, _ = saved_hnsw_bank(tmp_path)
     curve = bank.index_info["recall_curve"]
-    import semanom_ros.core.bank as bank_module
+    import semanom_ros.core.search.index as search_index_module
 
-    monkeypatch.setattr(bank_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    monkeypatch.setattr(search_index_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
     loaded = NominalBank.load(tmp_path / "bank")
     first_depth = curve[0][0]
     spec = IndexSpec.from_config(dict(loaded.config, nprobe=first_depth))
     loaded.set_index_spec(spec)
     loaded.search(queries, 1)
-    assert search_depth(loaded._ensure_index()) == first_depth
+    assert search_depth(loaded.search_index.ensure()) == first_depth
     assert loaded.index_info["recall_at_1"] == curve[0][1]
     loaded.set_index_spec(IndexSpec.from_config(dict(loaded.config, nprobe=333)))  # never tried at build
     loaded.search(queries, 1)
@@ -472,9 +468,9 @@ def test_a_saved_auto_bank_reloads_the_candidate_it_chose(tmp_path, monkeypatch)
     chosen = bank.index_info["type"]
     assert chosen in ("ivf", "hnsw") and len(bank.index_info["candidates"]) == 2
     bank.save(tmp_path / "auto")
-    import semanom_ros.core.bank as bank_module
+    import semanom_ros.core.search.index as search_index_module
 
-    monkeypatch.setattr(bank_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    monkeypatch.setattr(search_index_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
     loaded = NominalBank.load(tmp_path / "auto")
     _, ids_loaded = loaded.search(queries, 1)
     assert loaded.index_info["type"] == chosen and "loaded_from" in loaded.index_info
@@ -498,8 +494,8 @@ def test_setting_the_same_index_spec_keeps_the_built_index(data):
     bank = NominalBank.from_vectors(x, signature())
     bank.config = PipelineConfig(device="cpu", index_type="ivf").to_dict()
     bank.search(x[:2], 1)
-    built = bank._ensure_index()
+    built = bank.search_index.ensure()
     bank.set_index_spec(IndexSpec.from_config(bank.config))
-    assert bank._ensure_index() is built
+    assert bank.search_index.ensure() is built
     bank.set_index_spec(IndexSpec.from_config(dict(bank.config, index_type="hnsw")))
-    assert bank._ensure_index() is not built and bank.index_info["type"] == "hnsw"
+    assert bank.search_index.ensure() is not built and bank.index_info["type"] == "hnsw"

@@ -25,7 +25,7 @@ from semanom_ros.core import (
     draw_instances,
     mask_average_embeddings,
 )
-from semanom_ros.core.instances import instance_maps, score_instances
+from semanom_ros.core.scorers.instance import instance_maps, score_instances
 from tiny_models import save_tiny_dinov2, save_tiny_owlv2, save_tiny_sam2
 
 H, W = 84, 140

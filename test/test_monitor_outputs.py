@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, Float32, Header  # noqa: E402
 
 from semanom_ros.core.maps import render_overlay, threshold_components  # noqa: E402
-from semanom_ros.core.monitor import AnomalyResult  # noqa: E402
+from semanom_ros.core.result import AnomalyResult  # noqa: E402
 from semanom_ros.nodes import outputs  # noqa: E402
 from semanom_ros.nodes.outputs import build_output_messages, detection_regions  # noqa: E402
 

@@ -9,17 +9,16 @@ import pytest
 from semanom_ros.core import BankError, ConfigError, NominalBank
 from semanom_ros.core.bank import ModelSignature
 from semanom_ros.core.features import Features
-from semanom_ros.core.scene import (
+from semanom_ros.core.scorers.scene import (
     SceneScorer,
-    evaluate_scene_modes,
     fit_hdbscan,
-    format_modes_table,
     global_bank_from_patch_bank,
     global_embedding,
     knnn_normalisers,
-    majority_vote,
     select_k_by_silhouette,
 )
+from semanom_ros.core.scoring import majority_vote
+from semanom_ros.workflows.scene_evaluation import evaluate_scene_modes, format_modes_table
 
 
 def _circle(angles) -> np.ndarray:
@@ -269,8 +268,8 @@ def test_knnn_normalisers_can_skip_temporal_neighbours():
 def test_scene_bank_and_scene_monitor_with_a_tiny_dinov2(tiny_model, tmp_path):
     from conftest import textured_frame
 
-    from semanom_ros.core import PipelineConfig
-    from semanom_ros.core.scene import SceneMonitor, build_scene_bank
+    from semanom_ros.core import Monitor, PipelineConfig
+    from semanom_ros.core.scorers.scene import build_scene_bank
 
     cfg = PipelineConfig(model=tiny_model, input_height=28, device="cpu", scene_method="knn", batch_size=3,
                          alpha=0.9, calibration_window=0, kmeans_k_range=[2, 3])
@@ -278,7 +277,7 @@ def test_scene_bank_and_scene_monitor_with_a_tiny_dinov2(tiny_model, tmp_path):
     bank = build_scene_bank(cfg, frames)
     assert bank.kind == "global" and bank.num_frames == 8 and "calibration" in bank.extra["scene"]
     bank.save(tmp_path / "scene")
-    monitor = SceneMonitor(cfg, tmp_path / "scene")
+    monitor = Monitor(cfg.replace(mode="scene"), tmp_path / "scene")  # the scene scorer, picked by mode
     seen = monitor.process(textured_frame(1))
     assert seen.score == pytest.approx(0.0, abs=2e-3) and not seen.is_anomalous  # an exact nominal scene
     odd = monitor.process(np.full((84, 140, 3), 255, np.uint8))

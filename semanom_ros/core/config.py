@@ -36,7 +36,7 @@ class PipelineConfig:
     batch_size: int = 8  # frames per forward pass in offline tools
     num_threads: int = 0  # torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, else all usable cores
 
-    # Similarity index over the bank (see semanom_ros.core.index): auto = exact flat search below
+    # Similarity index over the bank (see semanom_ros.core.search): auto = exact flat search below
     # index_auto_threshold vectors, HNSW (fp16 codes) above; or force
     # flat | flat_fp16 | ivf | ivfpq | hnsw.
     index_type: str = "auto"
@@ -75,7 +75,8 @@ class PipelineConfig:
     # What is compared with the bank: "patch" (DINOv2 patches vs a patch bank), "instance" (OWLv2
     # boxes -> SAM 2 masks -> mask-averaged DINOv2 embeddings vs an instance bank) or "combined"
     # (both; a frame is anomalous when an instance is, or when a patch component lies mostly
-    # outside every instance; see semanom_ros.core.instances).
+    # outside every instance; see semanom_ros.core.scorers.instance) or "scene" (one global
+    # embedding per frame vs a scene model, scene_method; see semanom_ros.core.scorers.scene).
     mode: str = "patch"
     # combined mode: the instance bank directory (the monitor's own bank is the patch bank).
     instance_bank: str | None = None
@@ -106,7 +107,7 @@ class PipelineConfig:
     image_decision: str = "components"
     majority_fraction: float = 0.5
 
-    # Scene-level scoring (semanom_ros.core.scene): one global embedding per frame, a far cheaper search.
+    # Scene-level scoring (mode scene, semanom_ros.core.scorers.scene): one global embedding per frame.
     scene_method: str = "off"  # off | knn | knnn | kmeans | hdbscan
     global_embedding: str = "cls"  # cls | mean (mean of the patch tokens)
     knnn_m: int = 5  # k-NNN: in-cluster neighbours of the nearest nominal frame that normalise its distance
@@ -214,7 +215,7 @@ def _check_float(cfg: PipelineConfig, name: str, lo: float, hi: float) -> None:
         raise ConfigError(f"{name}: {value!r} must be a number in [{lo}, {hi}]")
 
 
-MODES = ("patch", "instance", "combined")
+MODES = ("patch", "instance", "combined", "scene")
 
 
 def _validate_instance_settings(cfg: PipelineConfig) -> None:
@@ -254,7 +255,7 @@ def _validate_instance_settings(cfg: PipelineConfig) -> None:
 
 
 def _validate_scene_settings(cfg: PipelineConfig) -> None:
-    """Scene-level, majority-vote and prompt settings (see semanom_ros.core.scene / prompts)."""
+    """Scene-level, majority-vote and prompt settings (see semanom_ros.core.scorers.scene / prompts)."""
     if cfg.image_decision not in ("components", "majority"):
         raise ConfigError(f"image_decision: {cfg.image_decision!r} is not one of components, majority")
     _check_float(cfg, "majority_fraction", 1e-9, 1.0)

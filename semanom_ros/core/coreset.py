@@ -27,11 +27,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bank import NominalBank
+from .bank.store import NominalBank
 from .config import PipelineConfig
 from .errors import ConfigError
+from .scoring import calibrate_bank
 
 __all__ = [
+    "CoresetCalibrationView",
     "CoresetResult",
     "calibrate_coreset",
     "coreset_bank",
@@ -240,8 +242,8 @@ def coreset_bank(
     return result
 
 
-class _CoresetCalibrationView:
-    """What :func:`scoring.calibrate` reads from a bank, with queries from the full bank.
+class CoresetCalibrationView:
+    """What :func:`scoring.calibrate_bank` reads from a bank, with queries from the full bank.
 
     ``calibrate`` scores each frame's vectors (``frame_vectors``) against the bank minus the
     frame's temporal neighbours (``excluded_ranges`` + ``search``); here the searched bank is
@@ -255,6 +257,7 @@ class _CoresetCalibrationView:
                 f"coreset has {coreset.num_frames} frames, the full bank {full.num_frames}: not a coreset of it"
             )
         self._coreset, self._full = coreset, full
+        self.kind = coreset.kind
         self.calibration: dict[str, Any] | None = None
 
     def __len__(self) -> int:
@@ -278,27 +281,12 @@ class _CoresetCalibrationView:
         return self._coreset.search(queries, k=k, exclude=exclude)
 
 
-def calibrate_coreset(coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
+def calibrate_coreset(
+    coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress=None
+) -> dict[str, Any]:
     """Leave-one-out calibration of a coreset bank with the full bank's frames as queries."""
-    from .scoring import calibrate
-
-    view = _CoresetCalibrationView(coreset, full)
-    c = config
-    if coreset.kind == "instance":
-        from .instances import calibrate_instance_bank
-
-        cal = calibrate_instance_bank(view, c, progress)  # type: ignore[arg-type]
-    else:
-        cal = calibrate(
-            view,  # type: ignore[arg-type]
-            c.alpha,
-            c.k,
-            c.calibration_window,
-            c.calibration_max_frames,
-            c.score_smoothing_sigma,
-            c.calibration_level,
-            progress,
-        )
+    view = CoresetCalibrationView(coreset, full)
+    cal = calibrate_bank(view, config, progress)  # type: ignore[arg-type]
     cal["queries"] = "full bank frames searched against the coreset"
     coreset.calibration = cal
     return cal

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from .backbones import backbone_spec, load_backbone_model, split_tokens, supported_model_types
+from .bank.signature import ModelSignature
+from .config import PipelineConfig
 from .errors import ImageError, ModelError
 
 # Backbone families (DINOv2, ViT, I-JEPA, ...): token layout and loading per family in backbones.py.
@@ -175,6 +177,21 @@ class FeatureExtractor:
         self._inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
         self.model = backbone.to(self.device, self.dtype).eval()
 
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> "FeatureExtractor":
+        """The extractor a pipeline's settings describe (model, input size, device, dtype, width cap)."""
+        return cls(config.model, config.input_height, config.device, config.dtype, config.max_input_width)
+
+    def signature(self) -> ModelSignature:
+        """What a bank built with this extractor records, and what a bank scored with it must match."""
+        return ModelSignature(
+            model=self.model_id,
+            fingerprint=self.fingerprint,
+            input_height=self.input_height,
+            dim=self.dim,
+            patch_size=self.patch_size,
+        )
+
     # -- geometry ---------------------------------------------------------------------------
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """Backbone input (H', W') for a frame: height fixed, aspect kept, patch multiples."""
@@ -200,7 +217,9 @@ class FeatureExtractor:
 
     # -- inference --------------------------------------------------------------------------
     @torch.inference_mode()
-    def _forward(self, batch: np.ndarray, on_device: bool = False) -> tuple[Any, Any]:
+    def forward(self, batch: np.ndarray, on_device: bool = False) -> tuple[Any, Any]:
+        """(B, 3, H', W') preprocessed frames -> (patch tokens (B, h*w, D), CLS (B, D)), unit rows;
+        numpy arrays, or torch tensors where the model runs with ``on_device``."""
         pixels = torch.from_numpy(batch).to(self.device, non_blocking=True).to(self.dtype)
         hidden = self.model(pixel_values=pixels, **self.backbone_spec.forward_kwargs).last_hidden_state
         hidden = torch.nn.functional.normalize(hidden.float(), dim=-1)
@@ -222,7 +241,7 @@ class FeatureExtractor:
             by_shape.setdefault(x.shape, []).append(i)
         for shape, idx in by_shape.items():
             h, w = shape[1] // self.patch_size, shape[2] // self.patch_size
-            patches, cls = self._forward(np.stack([inputs[i] for i in idx]), on_device)
+            patches, cls = self.forward(np.stack([inputs[i] for i in idx]), on_device)
             for j, i in enumerate(idx):
                 out[i] = Features(
                     patches=patches[j].reshape(h, w, self.dim),

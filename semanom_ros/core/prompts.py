@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, ModelError
+from .instances.detector import BoxProposer
 
 DEFAULT_PROMPT_MODEL = "google/owlv2-base-patch16-ensemble"
 # CLIP-style templates for a bare concept name (max-logit ensembled).
@@ -143,8 +144,6 @@ class PromptScorer:
         dtype: str = "auto",
         temperature: float = 1.0,
     ) -> None:
-        from .detector import BoxProposer
-
         if temperature <= 0:
             raise ConfigError(f"prompt temperature: {temperature} must be positive")
         self.temperature = float(temperature)

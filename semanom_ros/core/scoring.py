@@ -1,4 +1,4 @@
-"""kNN anomaly scores and leave-one-out calibration of the decision threshold."""
+"""kNN anomaly scores, leave-one-out calibration of the decision threshold, image decisions."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,8 +6,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .bank import NominalBank, iter_frame_ids
-from .errors import ConfigError
+from .bank.store import INSTANCE_BANK_KIND, NominalBank, iter_frame_ids
+from .config import PipelineConfig
+from .errors import BankError, ConfigError
 
 
 def knn_scores(bank: NominalBank, queries: np.ndarray, k: int = 1, exclude=None) -> np.ndarray:
@@ -93,8 +94,9 @@ _QUANTILE_GRID = np.unique(
 )
 
 
-def _quantile_table(scores: np.ndarray) -> dict[str, list[float]]:
-    # A dense quantile table lets alpha change later (at run time) without re-searching the bank.
+def quantile_table(scores: np.ndarray) -> dict[str, list[float]]:
+    """Quantiles of ``scores`` on a fixed grid, dense where thresholds live: a stored table lets
+    alpha change later (at run time) without re-searching the bank."""
     return {
         "q": [round(float(q), 6) for q in _QUANTILE_GRID],
         "value": [round(float(v), 6) for v in np.quantile(scores, _QUANTILE_GRID)],
@@ -136,7 +138,7 @@ def calibrate(
     patch_scores = patch_scores[patch_scores < 2.0]
     image_scores = image_scores[image_scores < 2.0]
     qs = [0.5, 0.9, 0.95, 0.99, 0.999]
-    image_table, patch_table = _quantile_table(image_scores), _quantile_table(patch_scores)
+    image_table, patch_table = quantile_table(image_scores), quantile_table(patch_scores)
     chosen = patch_scores if level == "patch" else image_scores
     calibration = {
         "method": f"leave-one-out {level} scores, alpha-quantile",
@@ -176,3 +178,85 @@ def threshold_for_alpha(calibration: dict[str, Any], alpha: float, level: str | 
     if not table:
         raise ConfigError("the bank's calibration holds no score table; run 'semanom-bank calibrate'")
     return float(np.interp(alpha, table["q"], table["value"]))
+
+
+def calibrate_instance_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
+    """``calibrate`` on an instance bank: each vector is one instance, so level "patch"
+    is per instance and "image" per frame's highest instance score. No spatial smoothing."""
+    c = config
+    with_instances = int((bank.frames["vec_count"] > 0).sum()) if bank.num_frames else 0
+    if len(bank) < 2 or with_instances < 2:
+        raise ConfigError(
+            f"calibration needs nominal instances in at least 2 frames; the bank holds {len(bank)} instances in "
+            f"{with_instances} of {bank.num_frames} frames. Lower detector_score_threshold, add frames, or check "
+            "detector_queries"
+        )
+    try:
+        cal = calibrate(
+            bank, c.alpha, c.k, c.calibration_window, c.calibration_max_frames, 0.0, c.calibration_level, progress
+        )
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"instance bank calibration failed ({exc}): too few instances outside each frame's "
+            f"calibration_window of {c.calibration_window}; use a smaller window or add frames"
+        ) from None
+    # Smoothing is a patch-grid operation; None tells the monitor there is nothing to match.
+    cal["smoothing_sigma"] = None
+    cal["unit"] = "instance"
+    bank.calibration = cal
+    return cal
+
+
+def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
+    """Leave-one-out calibration of a patch or instance bank with the settings of ``config``
+    (alpha, k, window, max frames, smoothing, level); sets and returns ``bank.calibration``."""
+    if bank.kind == INSTANCE_BANK_KIND:
+        return calibrate_instance_bank(bank, config, progress)
+    c = config
+    return calibrate(
+        bank,
+        c.alpha,
+        c.k,
+        c.calibration_window,
+        c.calibration_max_frames,
+        c.score_smoothing_sigma,
+        c.calibration_level,
+        progress,
+    )
+
+
+def calibrated_threshold(calibration: dict[str, Any] | None, config: PipelineConfig) -> float:
+    """The threshold a bank's calibration gives at ``config.alpha``; refuses a calibration made
+    with another k or smoothing than the pipeline scores with."""
+    if not calibration:
+        raise BankError(
+            "the bank is not calibrated and no threshold is set; run 'semanom-bank calibrate' or set 'threshold'"
+        )
+    c = config
+    for name, ours in (("k", c.k), ("smoothing_sigma", c.score_smoothing_sigma)):
+        theirs = calibration.get(name)
+        if theirs is not None and abs(float(theirs) - float(ours)) > 1e-9:
+            raise ConfigError(
+                f"{'score_' if name == 'smoothing_sigma' else ''}{name}: the bank was calibrated with {theirs}, "
+                f"the pipeline uses {ours}; recalibrate ('semanom-bank calibrate') or set it back"
+            )
+    return threshold_for_alpha(calibration, c.alpha, c.calibration_level)
+
+
+def majority_vote(
+    patch_scores: np.ndarray, threshold: float, fraction: float = 0.5, ignore: np.ndarray | None = None
+) -> tuple[bool, float]:
+    """Image decision by patch majority: anomalous when >= ``fraction`` of non-ignored patches exceed ``threshold``.
+
+    Returns (is_anomalous, fraction of patches above the threshold). An image whose patches are
+    all ignored is nominal.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"majority_fraction: {fraction} must be in (0, 1]")
+    scores = np.asarray(patch_scores, np.float32).reshape(-1)
+    if ignore is not None:
+        scores = scores[~np.asarray(ignore, bool).reshape(-1)]
+    if scores.size == 0:
+        return False, 0.0
+    above = float(np.mean(scores > threshold))
+    return above >= fraction, above

@@ -205,7 +205,7 @@ class BankBuilderNode(Node):
 
     # -- live ---------------------------------------------------------------------------------------------
     def _start_live(self) -> None:
-        from semanom_ros.core.monitor import PatchBankBuilder
+        from semanom_ros.core.bank.builder import PatchBankBuilder
 
         if self.config.mode != "patch":
             raise ConfigError("mode: live recording makes patch banks; use mode patch (instance banks: build offline)")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from semanom_ros.core.monitor import AnomalyResult
+from semanom_ros.core.result import AnomalyResult
 from semanom_ros.io.images import encode_image
 
 __all__ = ["OUTPUT_KEYS", "HAVE_VISION_MSGS", "build_output_messages", "build_detections"]

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from semanom_ros.core import scoring
 from semanom_ros.core.bank import MANIFEST, NominalBank
 from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import ConfigError, ImageError, SemanomError
@@ -684,18 +685,7 @@ def _check_output(output: Path, append: bool) -> None:
 
 def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress: Any = None) -> dict[str, Any]:
     """Leave-one-out calibration with the settings of ``config`` (patch or instance bank)."""
-    if bank.kind == "instance":
-        from semanom_ros.core.instances import calibrate_instance_bank
-
-        cal = calibrate_instance_bank(bank, config, progress)
-    else:
-        from semanom_ros.core.scoring import calibrate
-
-        c = config
-        cal = calibrate(
-            bank, c.alpha, c.k, c.calibration_window, c.calibration_max_frames, c.score_smoothing_sigma,
-            c.calibration_level, progress,
-        )
+    cal = scoring.calibrate_bank(bank, config, progress)
     # The manifest's configuration says how the bank was calibrated (tools read it back).
     for name in ("alpha", "k", "calibration_window", "calibration_level", "calibration_max_frames", "score_smoothing_sigma"):
         bank.config[name] = getattr(config, name)
@@ -755,7 +745,7 @@ def build_bank(
         raise BuildError("dedup_similarity applies to patch banks; drop it for --mode instance")
     _check_output(output, options.append)
 
-    from semanom_ros.core.monitor import load_ignore_mask
+    from semanom_ros.core.ignore import load_ignore_mask
 
     ignore = load_ignore_mask(config.ignore_mask)  # an unreadable mask fails now, not after the model loads
     plans = _plan_sources(sources, options, warnings)
@@ -899,7 +889,7 @@ def _make_builder(config: PipelineConfig, existing: NominalBank | None, extracto
         from semanom_ros.core.instances import InstanceBankBuilder
 
         return InstanceBankBuilder(config, bank=existing, extractor=extractor)
-    from semanom_ros.core.monitor import PatchBankBuilder
+    from semanom_ros.core.bank.builder import PatchBankBuilder
 
     return PatchBankBuilder(config, extractor=extractor, bank=existing)
 

@@ -582,7 +582,7 @@ def scene_modes_report(monitor: Monitor, run: EvalRun, options: EvalOptions) -> 
     Scene models are fitted on ``options.nominal`` frames when given (CLS and mean modes), else on
     the bank's per-frame patch means (mean modes only: a patch bank keeps no CLS tokens).
     """
-    from semanom_ros.core.scene import evaluate_scene_modes
+    from semanom_ros.workflows.scene_evaluation import evaluate_scene_modes
 
     labels = [r.label for r in run.records]
     nominal_features = None

@@ -28,19 +28,26 @@ Methods (all distances are cosine distances ``1 - dot`` between unit vectors):
     distance to its ``min_samples``-th neighbour, HDBSCAN's own density scale), decaying as
     1/distance beyond it (``e`` is the Euclidean distance between unit vectors).
 
-A patch majority vote (:func:`majority_vote`) is the alternative image decision of patch mode:
-an image is anomalous when at least ``fraction`` of its non-ignored patches exceed the threshold.
+In the Monitor (``mode: scene``) :class:`SceneModeScorer` is the scorer: the whole frame is the
+"region" (a scene check says whether, not where). The patch majority vote is in
+:func:`semanom_ros.core.scoring.majority_vote`.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .bank import ModelSignature, NominalBank
-from .errors import BankError, ConfigError
-from .features import Features
+from ..bank.builder import BankBuilder, frame_provenance
+from ..bank.signature import ModelSignature
+from ..bank.store import NominalBank
+from ..config import PipelineConfig
+from ..errors import BankError, ConfigError
+from ..features import FeatureExtractor, Features
+from ..result import AnomalyResult, FrameLike
+from ..scoring import quantile_table, threshold_for_alpha
+from .base import Scorer
 
 SCENE_METHODS = ("knn", "knnn", "kmeans", "hdbscan")
 GLOBAL_EMBEDDINGS = ("cls", "mean")
@@ -190,25 +197,6 @@ def fit_hdbscan(
     e = np.sqrt(np.maximum(2.0 - 2.0 * (x @ x.T), 0.0))
     core = np.sort(e, axis=1)[:, min(ms, n - 1)]
     return model.labels_.astype(np.int64), model.probabilities_.astype(np.float32), core.astype(np.float32)
-
-
-def majority_vote(
-    patch_scores: np.ndarray, threshold: float, fraction: float = 0.5, ignore: np.ndarray | None = None
-) -> tuple[bool, float]:
-    """Image decision by patch majority: anomalous when >= ``fraction`` of non-ignored patches exceed ``threshold``.
-
-    Returns (is_anomalous, fraction of patches above the threshold). An image whose patches are
-    all ignored is nominal.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"majority_fraction: {fraction} must be in (0, 1]")
-    scores = np.asarray(patch_scores, np.float32).reshape(-1)
-    if ignore is not None:
-        scores = scores[~np.asarray(ignore, bool).reshape(-1)]
-    if scores.size == 0:
-        return False, 0.0
-    above = float(np.mean(scores > threshold))
-    return above >= fraction, above
 
 
 # -- the scorer ------------------------------------------------------------------------------------
@@ -415,8 +403,6 @@ class SceneScorer:
         (k-Means distances are measured to centroids that include the frame itself, so that
         method's threshold is slightly optimistic.)
         """
-        from .scoring import _quantile_table
-
         if not 0.0 < alpha < 1.0:
             raise ConfigError(f"alpha: {alpha} is outside (0, 1)")
         cal = {}
@@ -431,15 +417,13 @@ class SceneScorer:
                 "alpha": float(alpha),
                 "window": int(window),
                 "threshold": float(np.quantile(scores, alpha)),
-                "image_scores": {"table": _quantile_table(scores)},
+                "image_scores": {"table": quantile_table(scores)},
             }
         self.state["calibration"] = cal
         return cal
 
     def threshold(self, method: str | None = None, alpha: float | None = None) -> float:
         """The calibrated threshold of a method (at another alpha from the stored quantile table)."""
-        from .scoring import threshold_for_alpha
-
         method = method or self.method
         cal = self.state.get("calibration", {}).get(method)
         if not cal:
@@ -451,275 +435,103 @@ class SceneScorer:
         return s > self.threshold(method, alpha), s
 
 
+
 # -- engine integration ----------------------------------------------------------------------------
-def build_scene_bank(config: Any, frames: Iterable[Any], extractor: Any = None) -> NominalBank:
-    """A fitted and calibrated ``kind="global"`` bank from nominal frames (objects with rgb, source, index, stamp_ns).
+class SceneBankBuilder(BankBuilder):
+    """Streams nominal frames into a ``kind="global"`` bank: one global embedding per frame."""
+
+    def __init__(self, config: PipelineConfig, extractor: FeatureExtractor | None = None) -> None:
+        super().__init__(config)
+        self.extractor = extractor or FeatureExtractor.from_config(config)
+        self.bank = NominalBank(self.extractor.signature(), kind="global", config=config.to_dict())
+
+    def add_features(self, frame: FrameLike, feat: Features) -> int:
+        mode = getattr(self.config, "global_embedding", "cls")
+        return self.bank.add_frame(global_embedding(feat, mode)[None], **frame_provenance(frame))
+
+    def calibrate(self, progress=None) -> dict[str, Any]:
+        """Fit every scene model on the bank and store their leave-one-out thresholds (in ``bank.extra``)."""
+        self.flush()
+        scorer = SceneScorer.from_config(self.config).fit(self.bank)
+        return scorer.calibrate(self.config.alpha, self.config.calibration_window)
+
+
+def build_scene_bank(
+    config: PipelineConfig, frames: Iterable[Any], extractor: FeatureExtractor | None = None
+) -> NominalBank:
+    """A fitted and calibrated ``kind="global"`` bank from nominal frames (rgb, source, index, stamp_ns).
 
     Uses the config's model, input_height, global_embedding, knnn_m, kmeans_k_range,
     hdbscan_min_cluster_size, alpha and calibration_window; save it with ``bank.save(path)``.
     """
-    from .features import FeatureExtractor
-    from .monitor import signature_of
-
-    config.validate()
-    extractor = extractor or FeatureExtractor(
-        config.model, config.input_height, config.device, config.dtype, config.max_input_width
-    )
-    bank = NominalBank(signature_of(extractor), kind="global", config=config.to_dict())
-    mode = getattr(config, "global_embedding", "cls")
-    batch: list[Any] = []
-
-    def flush() -> None:
-        for frame, feat in zip(batch, extractor.extract_batch([f.rgb for f in batch])):
-            bank.add_frame(global_embedding(feat, mode)[None], source=str(frame.source), index=int(frame.index),
-                           stamp_ns=int(getattr(frame, "stamp_ns", 0) or 0), topic=getattr(frame, "topic", None))
-        batch.clear()
-
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) >= config.batch_size:
-            flush()
-    flush()
-    scorer = SceneScorer.from_config(config).fit(bank)
-    scorer.calibrate(config.alpha, config.calibration_window)
-    return bank
+    builder = SceneBankBuilder(config, extractor)
+    builder.add_all(frames)
+    builder.calibrate()
+    return builder.bank
 
 
-class SceneMonitor:
-    """Scene-level counterpart of :class:`~semanom_ros.core.monitor.Monitor`: same inputs, same AnomalyResult.
+class SceneModeScorer(Scorer):
+    """The Monitor's scorer in ``mode: scene``: a frame's global embedding against a scene model.
 
     ``bank`` is a global bank with a scene model (:func:`build_scene_bank`) or a patch bank (its
-    frame means are used, so ``global_embedding`` becomes ``mean``). The whole frame is the
-    "region": ``score_map`` holds the frame score everywhere and ``mask`` is all-True when the
-    frame is anomalous (a scene check says whether, not where). Threshold: ``config.threshold``
-    when set, else the scene model's leave-one-out calibration at ``config.alpha``.
+    frame means are used, so ``global_embedding`` becomes ``mean``). ``score_map`` holds the frame
+    score everywhere and ``mask`` is all-True when the frame is anomalous. Threshold: the scene
+    model's leave-one-out calibration at ``config.alpha`` (unless ``config.threshold`` is set).
     """
 
-    def __init__(self, config: Any, bank: NominalBank | str | Any, extractor: Any = None) -> None:
-        import dataclasses as _dc
-        from pathlib import Path
-
-        from .bank import check_signature
-        from .features import FeatureExtractor
-        from .monitor import set_cpu_threads, signature_of
-
-        config = _dc.replace(config).validate()
-        set_cpu_threads(config.num_threads)
-        method = "knnn" if config.scene_method == "off" else config.scene_method
+    def __init__(self, config: PipelineConfig, bank: NominalBank) -> None:
         self.config = config
-        bank = NominalBank.load(bank) if isinstance(bank, (str, Path)) else bank
-        self.extractor = extractor or FeatureExtractor(
-            config.model, config.input_height, config.device, config.dtype, config.max_input_width
-        )
-        check_signature(bank.signature, signature_of(self.extractor))
+        self.method = "knnn" if config.scene_method == "off" else config.scene_method
         if bank.kind == "global" and bank.extra.get("scene"):
-            self.scorer = SceneScorer.from_bank(bank, method)
+            self.model = SceneScorer.from_bank(bank, self.method)
         else:
-            self.scorer = SceneScorer.from_config(config).fit(bank)
-            self.scorer.method = method
-        if config.threshold is not None:
-            self.threshold = float(config.threshold)
-        else:
-            if not self.scorer.state.get("calibration", {}).get(method):
-                self.scorer.calibrate(config.alpha, config.calibration_window)
-            self.threshold = self.scorer.threshold(method, config.alpha)
-        self.bank = self.scorer.bank
+            self.model = SceneScorer.from_config(config).fit(bank)
+            self.model.method = self.method
+        self.bank = self.model.bank
 
-    def set_threshold(self, threshold: float) -> None:
-        self.threshold = float(threshold)
-        self.config.threshold = float(threshold)
+    def initial_threshold(self) -> float:
+        if not self.model.state.get("calibration", {}).get(self.method):
+            self.model.calibrate(self.config.alpha, self.config.calibration_window)
+        return self.model.threshold(self.method, self.config.alpha)
 
-    def process(self, rgb: np.ndarray) -> Any:
-        from .features import validate_rgb
-        from .monitor import AnomalyResult
+    def threshold_at(self, alpha: float) -> float:
+        return self.model.threshold(self.method, alpha)
 
-        validate_rgb(rgb, min_side=self.extractor.patch_size)
-        t0 = time.perf_counter()
-        features = self.extractor.extract(rgb)
+    def score(
+        self,
+        features: Features,
+        threshold: float,
+        rgb: np.ndarray | None = None,
+        extra_ignore: np.ndarray | None = None,
+    ) -> AnomalyResult:
         t1 = time.perf_counter()
-        score = self.scorer.score(features)
+        score = self.model.score(features)
         t2 = time.perf_counter()
-        anomalous = bool(score > self.threshold)
+        anomalous = bool(score > threshold)
         h, w = features.image_size
         return AnomalyResult(
             is_anomalous=anomalous,
             score=score,
-            threshold=self.threshold,
+            threshold=threshold,
             score_map=np.full((h, w), score, np.float32),
             mask=np.full((h, w), anomalous),
             labels=np.zeros((h, w), np.uint16),
             components=[],
             patch_scores=np.full(features.grid_shape, score, np.float32),
-            timings_ms={"features": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3},
+            timings_ms={"search": (t2 - t1) * 1e3},
         )
-
-    def release(self) -> None:
-        self.extractor.release()
-
-
-# -- evaluation ------------------------------------------------------------------------------------
-DEFAULT_MODES = ("cls_knn", "cls_knnn", "cls_kmeans", "cls_hdbscan", "mean_knn", "mean_knnn")
-
-
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return None
-    return float(roc_auc_score(labels, scores))
-
-
-def _best_balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Balanced accuracy at the best threshold for these labels (an oracle upper bound, not a calibrated figure)."""
-    from sklearn.metrics import roc_curve
-
-    if len(np.unique(labels)) < 2:
-        return None
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(np.max((tpr + 1.0 - fpr) / 2.0))
-
-
-def _balanced_accuracy(labels: np.ndarray, decisions: np.ndarray) -> float | None:
-    from sklearn.metrics import balanced_accuracy_score
-
-    if len(np.unique(labels)) < 2:
-        return None
-    return float(balanced_accuracy_score(labels, decisions))
-
-
-def evaluate_scene_modes(
-    test_features: Sequence[Features],
-    labels: Sequence[int | bool],
-    nominal_features: Sequence[Features] | None = None,
-    *,
-    modes: Sequence[str] = DEFAULT_MODES,
-    patch_monitor: Any = None,
-    majority_fraction: float = 0.5,
-    knnn_m: int = 5,
-    kmeans_k_range: Sequence[int] = (2, 10),
-    hdbscan_min_cluster_size: int = 5,
-    alpha: float = 0.99,
-    window: int = 12,
-    patch_bank: NominalBank | None = None,
-    repeats: int = 1,
-    knnn_exclude_window: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """Image-level AUROC and per-frame scoring time of each mode on frames whose features are computed.
-
-    ``modes`` are ``"<cls|mean>_<knn|knnn|kmeans|hdbscan>"`` (global models fitted on
-    ``nominal_features``; ``mean_*`` falls back to ``patch_bank`` frame means when no nominal
-    features are given), plus ``"patch"`` (the Monitor's max patch score) and ``"patch_majority"``
-    (fraction of patches above the Monitor's threshold) when ``patch_monitor`` is given.
-    ``ms_per_frame`` is the scoring time after feature extraction (the backbone forward is
-    shared by every mode). ``balanced_accuracy`` is at the calibrated threshold: the scene
-    model's leave-one-out alpha-quantile, the Monitor's own decision for patch modes;
-    ``best_balanced_accuracy`` is at the best threshold for these labels (an oracle bound).
-
-    Returns ``{mode: {"image_auroc", "balanced_accuracy", "best_balanced_accuracy", "ms_per_frame",
-    "threshold", ...}}``.
-    """
-    y = np.asarray(labels).astype(int)
-    if len(y) != len(test_features):
-        raise ValueError(f"{len(test_features)} frames but {len(y)} labels")
-    out: dict[str, dict[str, Any]] = {}
-    scorers: dict[str, SceneScorer] = {}
-    for mode in modes:
-        if mode in ("patch", "patch_majority"):
-            if patch_monitor is None:
-                continue
-            scores, decisions, times = [], [], []
-            for f in test_features:
-                for r in range(repeats):
-                    t0 = time.perf_counter()
-                    res = patch_monitor.score_features(f)
-                    if mode == "patch_majority":
-                        ignore = patch_monitor.ignore_patches(f.image_size, f.grid_shape)
-                        dec, frac = majority_vote(res.patch_scores, res.threshold, majority_fraction, ignore)
-                    t1 = time.perf_counter()
-                    times.append(t1 - t0)
-                if mode == "patch":
-                    scores.append(res.score)
-                    decisions.append(res.is_anomalous)
-                else:
-                    scores.append(frac)
-                    decisions.append(dec)
-            out[mode] = {
-                "image_auroc": _auroc(y, np.asarray(scores)),
-                "balanced_accuracy": _balanced_accuracy(y, np.asarray(decisions, int)),
-                "best_balanced_accuracy": _best_balanced_accuracy(y, np.asarray(scores)),
-                "ms_per_frame": float(np.median(times) * 1e3),
-                "threshold": float(patch_monitor.threshold),
-            }
-            continue
-        emb, _, method = mode.partition("_")
-        if emb not in GLOBAL_EMBEDDINGS or method not in SCENE_METHODS:
-            raise ConfigError(f"mode {mode!r} is not 'patch', 'patch_majority' or '<cls|mean>_<{'|'.join(SCENE_METHODS)}>'")
-        if emb not in scorers:
-            scorer = SceneScorer(method, emb, knnn_m, kmeans_k_range, hdbscan_min_cluster_size,
-                                 knnn_exclude_window=knnn_exclude_window)
-            if nominal_features is not None:
-                nominal = np.stack([global_embedding(f, emb) for f in nominal_features])
-                scorer.fit(nominal)
-            elif patch_bank is not None and emb == "mean":
-                scorer.fit(patch_bank)
-            else:
-                raise ValueError(f"mode {mode!r} needs nominal_features (or a patch_bank for mean modes)")
-            scorer.calibrate(alpha, window)
-            scorers[emb] = scorer
-        scorer = scorers[emb]
-        scores, times = [], []
-        for f in test_features:
-            for r in range(repeats):
-                t0 = time.perf_counter()
-                s = scorer.score(f, method)
-                times.append(time.perf_counter() - t0)
-            scores.append(s)
-        scores_arr = np.asarray(scores)
-        thr = scorer.threshold(method)
-        out[mode] = {
-            "image_auroc": _auroc(y, scores_arr),
-            "balanced_accuracy": _balanced_accuracy(y, (scores_arr > thr).astype(int)),
-            "best_balanced_accuracy": _best_balanced_accuracy(y, scores_arr),
-            "ms_per_frame": float(np.median(times) * 1e3),
-            "threshold": float(thr),
-        }
-        if method == "kmeans":
-            out[mode]["k"] = scorer.state["kmeans"]["k"]
-        if method == "hdbscan":
-            out[mode]["clusters"] = scorer.state["hdbscan"]["num_clusters"]
-    return out
-
-
-def format_modes_table(modes: Mapping[str, Mapping[str, Any]]) -> str:
-    """A markdown table of :func:`evaluate_scene_modes` results."""
-    def f(v: Any, spec: str) -> str:
-        return "n/a" if v is None else format(v, spec)
-
-    lines = [
-        "| mode | image AUROC | balanced acc. (calibrated) | balanced acc. (best threshold) | ms/frame (scoring) |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in modes.items():
-        lines.append(
-            f"| {name} | {f(r.get('image_auroc'), '.3f')} | {f(r.get('balanced_accuracy'), '.3f')} | "
-            f"{f(r.get('best_balanced_accuracy'), '.3f')} | {f(r.get('ms_per_frame'), '.3f')} |"
-        )
-    return "\n".join(lines)
 
 
 __all__ = [
-    "DEFAULT_MODES",
     "GLOBAL_EMBEDDINGS",
     "SCENE_METHODS",
-    "SceneMonitor",
+    "SceneBankBuilder",
+    "SceneModeScorer",
     "SceneScorer",
     "build_scene_bank",
-    "evaluate_scene_modes",
     "fit_hdbscan",
-    "format_modes_table",
     "global_bank_from_patch_bank",
     "global_embedding",
     "knnn_normalisers",
-    "majority_vote",
     "select_k_by_silhouette",
 ]

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from .detector import read_preprocessor_config, resolve_checkpoint
-from .errors import ConfigError, ImageError, ModelError
-from .features import resolve_device, resolve_dtype, validate_rgb, weights_fingerprint
+from ..errors import ConfigError, ImageError, ModelError
+from ..features import resolve_device, resolve_dtype, validate_rgb, weights_fingerprint
 
 DEFAULT_SEGMENTER = "facebook/sam2.1-hiera-tiny"
 SEGMENTER_BACKENDS = ("transformers", "sam2")

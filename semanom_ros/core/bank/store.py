@@ -1,0 +1,389 @@
+"""NominalBank: embeddings of nominal frames, where each came from, and the index that searches them.
+
+The vectors and their provenance live here; the on-disk format is :mod:`.persist`, the index
+life cycle and search :class:`~semanom_ros.core.search.index.SearchIndex` (``bank.search_index``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import BankMismatchError
+from ..search.index import SearchIndex
+from ..search.recall import evenly_spaced
+from ..search.spec import IndexSpec
+from .persist import ARRAY_FILES, BANK_FORMAT_VERSION, read_bank_dir, read_manifest, write_bank_dir
+from .signature import ModelSignature, check_signature
+
+# Banks of this kind hold one vector per object (instance mode), not one per patch.
+INSTANCE_BANK_KIND = "instance"
+_log = logging.getLogger("semanom_ros.bank")
+
+VECTOR_META_DTYPE = np.dtype([("frame", "<i4"), ("row", "<i2"), ("col", "<i2")])
+FRAME_DTYPE = np.dtype(
+    [
+        ("source", "<i4"),
+        ("index", "<i8"),
+        ("stamp_ns", "<i8"),
+        ("vec_start", "<i8"),
+        ("vec_count", "<i4"),
+        ("grid_h", "<i2"),
+        ("grid_w", "<i2"),
+    ]
+)
+
+
+@dataclass
+class SourceInfo:
+    """One bag topic or image folder that contributed frames."""
+
+    name: str
+    topic: str | None = None
+    first_stamp_ns: int | None = None
+    last_stamp_ns: int | None = None
+    frames: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(
+            name=self.name,
+            topic=self.topic,
+            first_stamp_ns=self.first_stamp_ns,
+            last_stamp_ns=self.last_stamp_ns,
+            frames=self.frames,
+        )
+
+
+
+class ChunkedArray:
+    """Append-friendly growable array (amortised O(1) appends, one concatenate on read)."""
+
+    def __init__(self, base: np.ndarray) -> None:
+        self._parts: list[np.ndarray] = [base] if len(base) else []
+        self._empty = base[:0]
+        self._cached: np.ndarray | None = base
+
+    @property
+    def num_parts(self) -> int:
+        """Appended parts not yet concatenated (a read joins them into one)."""
+        return len(self._parts)
+
+    def append(self, part: np.ndarray) -> None:
+        self._parts.append(part)
+        self._cached = None
+
+    def array(self) -> np.ndarray:
+        if self._cached is None:
+            self._cached = np.concatenate(self._parts) if self._parts else self._empty
+            self._parts = [self._cached] if len(self._cached) else []
+        return self._cached
+
+    # Above this size write_npy streams the parts instead of concatenating them first.
+    STREAM_WRITE_BYTES = 64 * 2**20
+
+    def write_npy(self, fh: Any) -> None:
+        """Write the array as a .npy file (the bytes np.save writes). A large array still in parts
+        (a bank streamed from a long recording) is written part by part, so saving needs no
+        second, concatenated copy of its vectors."""
+        if (
+            self._cached is not None
+            or len(self._parts) < 2
+            or sum(p.nbytes for p in self._parts) < self.STREAM_WRITE_BYTES
+        ):
+            np.save(fh, np.ascontiguousarray(self.array()), allow_pickle=False)
+            return
+        first = self._parts[0]
+        shape = (sum(len(p) for p in self._parts), *first.shape[1:])
+        header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(fh, header)
+        for part in self._parts:
+            fh.write(np.ascontiguousarray(part, dtype=first.dtype).data)
+
+
+
+class NominalBank:
+    """Unit-norm embedding vectors of nominal data with provenance and a similarity index.
+
+    ``kind`` is ``"patch"`` (one vector per patch) or another mode's name (instance, global);
+    the search and calibration code is the same for all of them.
+    """
+
+    def __init__(self, signature: ModelSignature, kind: str = "patch", config: dict[str, Any] | None = None) -> None:
+        self.signature = signature
+        self.kind = kind
+        self.config: dict[str, Any] = dict(config or {})
+        self.sources: list[SourceInfo] = []
+        self.calibration: dict[str, Any] | None = None
+        self.extra: dict[str, Any] = {}
+        self.created_ns = time.time_ns()
+        # The growable arrays behind vectors / vector_meta / frames (memory-mapped for a loaded bank).
+        self.vector_chunks = ChunkedArray(np.zeros((0, signature.dim), np.float16))
+        self.meta_chunks = ChunkedArray(np.zeros(0, VECTOR_META_DTYPE))
+        self.frame_chunks = ChunkedArray(np.zeros(0, FRAME_DTYPE))
+        self._num_vectors = 0
+        self._num_frames = 0
+        self.search_index = SearchIndex(self)
+        self.warnings: list[str] = []  # non-fatal problems found while loading or indexing (shown by nodes/tools)
+
+    # -- contents ---------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.signature.dim
+
+    def __len__(self) -> int:
+        return self._num_vectors
+
+    @property
+    def num_frames(self) -> int:
+        return self._num_frames
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, D) float16 (memory-mapped for a loaded bank until something is appended)."""
+        return self.vector_chunks.array()
+
+    @property
+    def vector_meta(self) -> np.ndarray:
+        return self.meta_chunks.array()
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self.frame_chunks.array()
+
+    def source_id(self, name: str, topic: str | None = None) -> int:
+        """Index of a source, registering it on first use."""
+        for i, src in enumerate(self.sources):
+            if src.name == name and src.topic == topic:
+                return i
+        self.sources.append(SourceInfo(name=name, topic=topic))
+        return len(self.sources) - 1
+
+    def add_frame(
+        self,
+        vectors: np.ndarray,
+        *,
+        source: str,
+        index: int,
+        stamp_ns: int = 0,
+        topic: str | None = None,
+        rows: np.ndarray | None = None,
+        cols: np.ndarray | None = None,
+        grid: tuple[int, int] = (0, 0),
+    ) -> int:
+        """Add one frame's vectors (n, D); returns the frame's id in this bank."""
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"vectors of frame {index} from {source} contain NaN or inf")
+        n = len(vectors)
+        sid = self.source_id(source, topic)
+        src = self.sources[sid]
+        src.frames += 1
+        if stamp_ns:
+            src.first_stamp_ns = stamp_ns if src.first_stamp_ns is None else min(src.first_stamp_ns, stamp_ns)
+            src.last_stamp_ns = stamp_ns if src.last_stamp_ns is None else max(src.last_stamp_ns, stamp_ns)
+        frame_id = self.num_frames
+        frame = np.zeros(1, FRAME_DTYPE)
+        frame[0] = (sid, index, stamp_ns, self._num_vectors, n, grid[0], grid[1])
+        meta = np.zeros(n, VECTOR_META_DTYPE)
+        meta["frame"] = frame_id
+        meta["row"] = rows if rows is not None else -1
+        meta["col"] = cols if cols is not None else -1
+        self.frame_chunks.append(frame)
+        self.meta_chunks.append(meta)
+        self.vector_chunks.append(vectors.astype(np.float16))
+        self._num_vectors += n
+        self._num_frames += 1
+        self.search_index.invalidate()
+        return frame_id
+
+    def add_patch_grid(
+        self,
+        patches: np.ndarray,
+        *,
+        source: str,
+        index: int,
+        stamp_ns: int = 0,
+        topic: str | None = None,
+        keep: np.ndarray | None = None,
+    ) -> int:
+        """Add an (h, w, D) patch grid; ``keep`` (h, w) bool leaves out ignored patches."""
+        h, w, d = patches.shape
+        rows, cols = np.divmod(np.arange(h * w), w)
+        flat = patches.reshape(h * w, d)
+        if keep is not None:
+            sel = np.asarray(keep, bool).reshape(-1)
+            flat, rows, cols = flat[sel], rows[sel], cols[sel]
+        return self.add_frame(
+            flat, source=source, index=index, stamp_ns=stamp_ns, topic=topic, rows=rows, cols=cols, grid=(h, w)
+        )
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        signature: ModelSignature,
+        *,
+        frame_of_vector: np.ndarray | None = None,
+        source: str = "precomputed",
+        kind: str = "patch",
+    ) -> "NominalBank":
+        """A bank from precomputed embeddings; ``frame_of_vector`` groups vectors into frames."""
+        bank = cls(signature, kind=kind)
+        vectors = np.asarray(vectors, np.float32)
+        if frame_of_vector is None:
+            frame_of_vector = np.arange(len(vectors))
+        frame_of_vector = np.asarray(frame_of_vector)
+        order = np.argsort(frame_of_vector, kind="stable")
+        frame_ids, starts = np.unique(frame_of_vector[order], return_index=True)
+        bounds = list(starts) + [len(order)]
+        for i, fid in enumerate(frame_ids):
+            bank.add_frame(vectors[order[bounds[i] : bounds[i + 1]]], source=source, index=int(fid))
+        return bank
+
+    def merge(self, other: "NominalBank") -> None:
+        """Append every frame of ``other`` (same model signature, else BankMismatchError)."""
+        check_signature(other.signature, self.signature, where="merged bank")
+        if other.kind != self.kind:
+            raise BankMismatchError(f"cannot merge a {other.kind!r} bank into a {self.kind!r} bank")
+        vecs, meta = other.vectors, other.vector_meta
+        for fr in other.frames:
+            src = other.sources[fr["source"]]
+            s, n = int(fr["vec_start"]), int(fr["vec_count"])
+            self.add_frame(
+                np.asarray(vecs[s : s + n]),
+                source=src.name,
+                topic=src.topic,
+                index=int(fr["index"]),
+                stamp_ns=int(fr["stamp_ns"]),
+                rows=meta["row"][s : s + n],
+                cols=meta["col"][s : s + n],
+                grid=(int(fr["grid_h"]), int(fr["grid_w"])),
+            )
+        self.calibration = None
+
+
+    # -- search -----------------------------------------------------------------------------
+    @property
+    def index_spec(self) -> IndexSpec | None:
+        """The index strategy set with :meth:`set_index_spec` (None = from the bank's config)."""
+        return self.search_index.spec
+
+    @property
+    def index_info(self) -> dict[str, Any] | None:
+        """What the index built (or loaded) is: type, parameters, recall, search depth, device."""
+        return self.search_index.info
+
+    def set_index_spec(self, spec: IndexSpec | None) -> None:
+        """Choose the index strategy (None = from the bank's config); see SearchIndex.set_spec."""
+        self.search_index.set_spec(spec)
+
+    def warn(self, message: str) -> None:
+        """Record and log a non-fatal problem (shown by nodes and tools)."""
+        self.warnings.append(message)
+        _log.warning(message)
+
+    def search(
+        self, queries: np.ndarray, k: int = 1, exclude: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product (= cosine) k-NN. ``exclude`` lists [start, stop) vector-id ranges to skip.
+
+        Returns (similarities (n, k) float32, ids (n, k) int64); missing neighbours get
+        similarity -1 and id -1.
+        """
+        return self.search_index.search(queries, k, exclude)
+
+    def excluded_ranges(self, frame_id: int, window: int) -> list[tuple[int, int]]:
+        """Vector-id ranges of the frames within ``window`` messages of ``frame_id`` (same source)."""
+        frames = self.frames
+        fr = frames[frame_id]
+        near = (frames["source"] == fr["source"]) & (np.abs(frames["index"] - fr["index"]) <= window)
+        ranges: list[tuple[int, int]] = []
+        for f in frames[near]:
+            a, b = int(f["vec_start"]), int(f["vec_start"] + f["vec_count"])
+            if ranges and ranges[-1][1] == a:
+                ranges[-1] = (ranges[-1][0], b)
+            else:
+                ranges.append((a, b))
+        return ranges
+
+    def frame_vectors(self, frame_id: int) -> np.ndarray:
+        fr = self.frames[frame_id]
+        s, n = int(fr["vec_start"]), int(fr["vec_count"])
+        return np.asarray(self.vectors[s : s + n], dtype=np.float32)
+
+    # -- persistence ------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": "semanom_ros.bank",
+            "format_version": BANK_FORMAT_VERSION,
+            "kind": self.kind,
+            "model": self.signature.to_dict(),
+            "num_vectors": len(self),
+            "num_frames": self.num_frames,
+            "dim": self.dim,
+            "embedding_dtype": "float16",
+            "sources": [s.to_dict() for s in self.sources],
+            "calibration": self.calibration,
+            "config": self.config,
+            "extra": self.extra,
+            "index": self.search_index.persisted_info(),
+            "created_unix_ns": self.created_ns,
+            "saved_unix_ns": time.time_ns(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank atomically: the old bank at ``path`` stays intact until the swap."""
+        chunks = (self.vector_chunks, self.meta_chunks, self.frame_chunks)
+        arrays = [(name, c.write_npy) for name, c in zip(ARRAY_FILES, chunks)]
+        return write_bank_dir(path, arrays, self.search_index.write, self.manifest)
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = True, verify: bool | None = None) -> "NominalBank":
+        """Load a bank directory; raises BankError saying what is missing or corrupt.
+
+        ``verify`` checks file checksums (default: for banks under 512 MB); sizes and shapes are
+        always checked, so a truncated file never loads.
+        """
+        files = read_bank_dir(path, mmap=mmap, verify=verify)
+        manifest = files.manifest
+        bank = cls(files.signature, kind=manifest.get("kind", "patch"), config=manifest.get("config"))
+        bank.sources = [SourceInfo(**s) for s in manifest.get("sources", [])]
+        bank.calibration = manifest.get("calibration")
+        bank.extra = manifest.get("extra", {}) or {}
+        bank.created_ns = int(manifest.get("created_unix_ns", 0))
+        bank.vector_chunks = ChunkedArray(files.vectors)
+        bank.meta_chunks = ChunkedArray(files.vector_meta)
+        bank.frame_chunks = ChunkedArray(files.frames)
+        bank._num_vectors = len(files.vectors)
+        bank._num_frames = len(files.frames)
+        bank.search_index.attach_saved(manifest.get("index"), files.index_file)
+        for message in files.warnings:
+            bank.warn(message)
+        return bank
+
+    @staticmethod
+    def read_manifest(path: str | Path) -> dict[str, Any]:
+        """The manifest alone (for 'info' and compatibility checks without loading vectors)."""
+        return read_manifest(path)
+
+
+def iter_frame_ids(bank: Any, max_frames: int) -> Iterable[int]:
+    """Evenly spaced frame ids of a bank (anything with ``num_frames``), at most ``max_frames`` of them."""
+    return evenly_spaced(bank.num_frames, max_frames)
+
+
+__all__ = [
+    "FRAME_DTYPE",
+    "INSTANCE_BANK_KIND",
+    "VECTOR_META_DTYPE",
+    "ChunkedArray",
+    "NominalBank",
+    "SourceInfo",
+    "iter_frame_ids",
+]
