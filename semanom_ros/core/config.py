@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 
 DEFAULT_MODEL = "facebook/dinov2-small"
+SEARCH_BACKENDS = ("auto", "torch", "faiss")
 
 
 @dataclass
@@ -44,6 +45,13 @@ class PipelineConfig:
     index_nlist: int = 0  # IVF lists; 0 = about 4 sqrt(N)
     nprobe: int = 0  # IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build (recall@1 >= 0.97)
     use_gpu_index: bool = True  # put the index on the GPU when faiss has GPU support and device is CUDA
+    # Search engine: "torch" = exact search with the bank resident where the model runs (fp16 on a
+    # GPU; see semanom_ros.core.search.torch_exact); "faiss" = faiss on the host (index_type above);
+    # "auto" = torch when the pipeline runs on CUDA and the bank fits search_memory_fraction of the
+    # GPU's free memory, else faiss (the reason is logged).
+    search_backend: str = "auto"
+    search_dtype: str = "auto"  # torch search storage: auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32
+    search_memory_fraction: float = 0.5
 
     # Scoring: patch score = 1 - mean cosine similarity of its k nearest bank vectors.
     k: int = 1
@@ -147,6 +155,11 @@ class PipelineConfig:
         _check_int(self, "nprobe", 0, 1 << 16)
         if not isinstance(self.use_gpu_index, bool):
             raise ConfigError(f"use_gpu_index: {self.use_gpu_index!r} must be true or false")
+        if self.search_backend not in SEARCH_BACKENDS:
+            raise ConfigError(f"search_backend: {self.search_backend!r} is not one of {', '.join(SEARCH_BACKENDS)}")
+        if self.search_dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError(f"search_dtype: {self.search_dtype!r} is not one of auto, float32, float16, bfloat16")
+        _check_float(self, "search_memory_fraction", 0.01, 1.0)
         _check_int(self, "k", 1, 1024)
         _check_float(self, "score_smoothing_sigma", 0.0, 100.0)
         if not (0.0 < float(self.alpha) < 1.0):

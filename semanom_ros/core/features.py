@@ -14,6 +14,7 @@ from .backbones import backbone_spec, load_backbone_model, split_tokens, support
 from .bank.signature import ModelSignature
 from .config import PipelineConfig
 from .errors import ImageError, ModelError
+from .resize import resize_chw
 
 # Backbone families (DINOv2, ViT, I-JEPA, ...): token layout and loading per family in backbones.py.
 _SUPPORTED_MODEL_TYPES = supported_model_types()
@@ -176,6 +177,12 @@ class FeatureExtractor:
         self._mean = np.asarray(mean, np.float32) * 255.0
         self._inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
         self.model = backbone.to(self.device, self.dtype).eval()
+        # On a GPU the uint8 frame is uploaded and resized + normalised there (matrix products that
+        # reproduce OpenCV's resize, see core/resize.py): a 960x540 frame crosses as 1.5 MB of
+        # bytes instead of a host resize plus a float32 upload. Settable, so the CPU can test it.
+        self.preprocess_on_device: bool = self.device.type == "cuda"
+        self._mean_t = torch.as_tensor(self._mean, device=self.device).view(3, 1, 1)
+        self._inv_std_t = torch.as_tensor(self._inv_std, device=self.device).view(3, 1, 1)
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "FeatureExtractor":
@@ -215,12 +222,35 @@ class FeatureExtractor:
         chw = (resized.astype(np.float32) - self._mean) * self._inv_std
         return np.ascontiguousarray(chw.transpose(2, 0, 1))
 
+    def can_preprocess_on_device(self, height: int, width: int) -> bool:
+        """Whether a frame of this size is resized on the device: both axes shrink (OpenCV's area
+        rule, reproduced exactly) or both grow (bilinear); mixed cases stay on the host."""
+        if not self.preprocess_on_device:
+            return False
+        in_h, in_w = self.input_size(height, width)
+        return (in_h <= height and in_w <= width) or (in_h >= height and in_w >= width)
+
+    @torch.inference_mode()
+    def preprocess_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (3, H', W') float32 normalised, on the model's device."""
+        validate_rgb(rgb, min_side=self.patch_size)
+        frame = torch.from_numpy(rgb)
+        if self.device.type == "cuda":
+            frame = frame.pin_memory().to(self.device, non_blocking=True)
+        chw = frame.permute(2, 0, 1).to(torch.float32)
+        resized = resize_chw(chw, self.input_size(rgb.shape[0], rgb.shape[1]))
+        # OpenCV resizes uint8 to uint8: round the same way, so host and device inputs agree.
+        resized = torch.round(resized).clamp_(0.0, 255.0)
+        return (resized - self._mean_t) * self._inv_std_t
+
     # -- inference --------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, batch: np.ndarray, on_device: bool = False) -> tuple[Any, Any]:
+    def forward(self, batch: np.ndarray | torch.Tensor, on_device: bool = False) -> tuple[Any, Any]:
         """(B, 3, H', W') preprocessed frames -> (patch tokens (B, h*w, D), CLS (B, D)), unit rows;
         numpy arrays, or torch tensors where the model runs with ``on_device``."""
-        pixels = torch.from_numpy(batch).to(self.device, non_blocking=True).to(self.dtype)
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
+        pixels = batch.to(self.device, non_blocking=True).to(self.dtype)
         hidden = self.model(pixel_values=pixels, **self.backbone_spec.forward_kwargs).last_hidden_state
         hidden = torch.nn.functional.normalize(hidden.float(), dim=-1)
         cls, patches = split_tokens(hidden, self.backbone_spec, self.num_prefix_tokens)
@@ -234,14 +264,21 @@ class FeatureExtractor:
     def extract_batch(self, frames: Sequence[np.ndarray], on_device: bool = False) -> list[Features]:
         """Embed frames; frames of equal size share a forward pass. ``on_device`` leaves patches and
         CLS as torch tensors where the model runs (only useful on a GPU, for a GPU index)."""
-        inputs = [self.preprocess(f) for f in frames]
+        inputs: list[Any] = [
+            self.preprocess_tensor(f) if self.can_preprocess_on_device(*f.shape[:2]) else self.preprocess(f)
+            for f in validated_frames(frames, self.patch_size)
+        ]
         out: list[Features | None] = [None] * len(frames)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(inputs):
-            by_shape.setdefault(x.shape, []).append(i)
+            by_shape.setdefault(tuple(x.shape), []).append(i)
         for shape, idx in by_shape.items():
             h, w = shape[1] // self.patch_size, shape[2] // self.patch_size
-            patches, cls = self.forward(np.stack([inputs[i] for i in idx]), on_device)
+            batch = [inputs[i] for i in idx]
+            stacked = np.stack(batch) if all(isinstance(x, np.ndarray) for x in batch) else torch.stack(
+                [torch.as_tensor(x, device=self.device) for x in batch]
+            )
+            patches, cls = self.forward(stacked, on_device)
             for j, i in enumerate(idx):
                 out[i] = Features(
                     patches=patches[j].reshape(h, w, self.dim),
@@ -256,6 +293,16 @@ class FeatureExtractor:
         self.model = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def validated_frames(frames: Sequence[np.ndarray], min_side: int) -> Sequence[np.ndarray]:
+    """``frames`` after :func:`validate_rgb` on each (ImageError names the first bad one)."""
+    for i, frame in enumerate(frames):
+        try:
+            validate_rgb(frame, min_side=min_side)
+        except ImageError as exc:
+            raise ImageError(f"frame {i} of {len(frames)}: {exc}") if len(frames) > 1 else exc from None
+    return frames
 
 
 def patch_mask_from_pixels(mask: np.ndarray, grid: tuple[int, int], fraction: float = 0.5) -> np.ndarray:

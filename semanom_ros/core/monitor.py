@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -50,6 +50,8 @@ def index_spec_for(config: PipelineConfig, bank: NominalBank) -> IndexSpec:
         spec.ef_search = config.nprobe  # one knob for both: nprobe doubles as HNSW efSearch
     # Where the index lives follows the pipeline that searches it, not the machine that built it.
     spec.use_gpu = bool(config.use_gpu_index) and config.device != "cpu"
+    spec.backend, spec.device = config.search_backend, config.device
+    spec.dtype, spec.memory_fraction = config.search_dtype, config.search_memory_fraction
     return spec.validate()
 
 
@@ -181,6 +183,26 @@ class Monitor:
         result = self.scorer.score(features, self.threshold, rgb, extra_ignore)
         result.timings_ms = {"features": (t1 - t0) * 1e3, **result.timings_ms}
         return result
+
+    def process_batch(
+        self, frames: Sequence[np.ndarray], extra_ignores: Sequence[np.ndarray | None] | None = None
+    ) -> list[AnomalyResult]:
+        """Score frames of several cameras together: frames of one size share a forward pass (one
+        batch on a GPU); each result is what :meth:`process` gives for that frame alone."""
+        if extra_ignores is not None and len(extra_ignores) != len(frames):
+            raise ConfigError(f"extra_ignores: {len(extra_ignores)} masks for {len(frames)} frames")
+        if not frames:
+            return []
+        t0 = time.perf_counter()
+        on_device = self.scorer.queries_on_device(self.extractor.device.type)
+        features = self.extractor.extract_batch(list(frames), on_device=on_device)
+        per_frame_ms = (time.perf_counter() - t0) * 1e3 / len(frames)
+        results = []
+        for i, (rgb, feats) in enumerate(zip(frames, features)):
+            result = self.scorer.score(feats, self.threshold, rgb, extra_ignores[i] if extra_ignores else None)
+            result.timings_ms = {"features": per_frame_ms, **result.timings_ms}
+            results.append(result)
+        return results
 
     def score_features(
         self, features: Features, rgb: np.ndarray | None = None, extra_ignore: np.ndarray | None = None

@@ -1,12 +1,18 @@
-"""Mask averaging: the DINOv2 patch embeddings under an instance mask, area-weighted, as one vector."""
+"""Mask averaging: the DINOv2 patch embeddings under an instance mask, area-weighted, as one vector.
+
+Written as matrix products (coverage = Ry @ mask @ Rx.T, then coverage @ patches) so that it runs
+where the patch embeddings are: on the GPU in a GPU pipeline, with only the (m, D) result returned.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-import cv2
 import numpy as np
+import torch
 
 from ..errors import ImageError
+from ..resize import mask_coverage
 
 
 @dataclass
@@ -21,16 +27,12 @@ class MaskEmbeddings:
 
 def patch_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(n, H, W) bool -> (n, h, w) float32: the fraction of each patch each mask covers."""
-    h, w = grid
-    out = np.empty((len(masks), h, w), np.float32)
-    for i, mask in enumerate(masks):
-        # INTER_AREA averages the pixels falling in each cell, fractional cell borders included.
-        out[i] = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-    return out
+    # OpenCV's INTER_AREA rule (each cell averages the pixels it covers, fractional borders included).
+    return mask_coverage(torch.from_numpy(np.ascontiguousarray(masks, bool)), grid).numpy()
 
 
 def mask_average_embeddings(
-    patches: np.ndarray,
+    patches: np.ndarray | Any,
     masks: np.ndarray,
     image_size: tuple[int, int] | None = None,
     min_area_patches: float = 1e-6,
@@ -43,14 +45,17 @@ def mask_average_embeddings(
     patches it touches, in proportion. Masks covering less than ``min_area_patches`` patches
     in total (empty masks) and masks whose weighted mean vanishes are not returned; they are
     listed in ``dropped`` with the reason. Raises ImageError for masks of the wrong shape.
+    ``patches`` may be a torch tensor (on the GPU): the masks then join it there.
     """
-    patches = np.asarray(patches, np.float32)
-    if patches.ndim != 3:
-        raise ImageError(f"patches must be an (h, w, D) grid, got shape {patches.shape}")
+    device = patches.device if isinstance(patches, torch.Tensor) else torch.device("cpu")
+    patches_t = torch.as_tensor(patches if isinstance(patches, torch.Tensor) else np.asarray(patches, np.float32))
+    patches_t = patches_t.to(device, torch.float32)
+    if patches_t.ndim != 3:
+        raise ImageError(f"patches must be an (h, w, D) grid, got shape {tuple(patches_t.shape)}")
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ImageError(f"masks must have shape (n, H, W), got {masks.shape}")
-    h, w, d = patches.shape
+    h, w, d = patches_t.shape
     n, height, width = masks.shape
     if image_size is not None and (height, width) != tuple(image_size):
         raise ImageError(
@@ -61,9 +66,11 @@ def mask_average_embeddings(
         raise ImageError(f"masks of {height}x{width} are coarser than the {h}x{w} patch grid they are averaged over")
     if n == 0:
         return MaskEmbeddings(np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    cover = patch_coverage(masks.astype(bool, copy=False), (h, w)).reshape(n, h * w)
-    area = cover.sum(axis=1)
-    sums = cover @ patches.reshape(h * w, d)
+    masks_t = torch.from_numpy(np.ascontiguousarray(masks, bool)).to(device, non_blocking=True)
+    cover = mask_coverage(masks_t, (h, w)).reshape(n, h * w)
+    sums_t = cover @ patches_t.reshape(h * w, d)
+    area = cover.sum(dim=1).cpu().numpy()
+    sums = sums_t.cpu().numpy()
     norms = np.linalg.norm(sums, axis=1)
     dropped: list[tuple[int, str]] = []
     keep = []

@@ -43,11 +43,6 @@ class PatchScorer(Scorer):
             )
         self.prompt_scorer = PromptScorer.from_config(self.config)
 
-    def queries_on_device(self, extractor_device_type: str) -> bool:
-        # The model and the index both on the GPU: the patch embeddings never leave it.
-        info = self.bank.index_info or {}
-        return extractor_device_type == "cuda" and str(info.get("device", "cpu")).startswith("cuda")
-
     def ignore_patches(self, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray | None:
         """Patches the configured ignore mask leaves out for a frame size and grid (None: none)."""
         return self.ignore.patches(image_size, grid)

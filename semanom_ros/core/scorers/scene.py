@@ -489,6 +489,9 @@ class SceneModeScorer(Scorer):
             self.model.method = self.method
         self.bank = self.model.bank
 
+    def queries_on_device(self, extractor_device_type: str) -> bool:
+        return False  # one global vector per frame: the scene models run on the host
+
     def initial_threshold(self) -> float:
         if not self.model.state.get("calibration", {}).get(self.method):
             self.model.calibrate(self.config.alpha, self.config.calibration_window)

@@ -3,9 +3,11 @@
 The bank holds vectors and where each came from; its SearchIndex decides how they are searched
 (:class:`~semanom_ros.core.search.spec.IndexSpec`), builds or reloads that index on first use,
 tunes its recall, keeps a CPU twin beside a GPU index for excluding searches, and writes the
-approximate index next to the bank's files. Search engines are backends: faiss on the host
-(``faiss_backend``) today; an exact torch search on the device can join as another backend
-chosen in :meth:`SearchIndex.ensure` without changing the bank or the scorers.
+approximate index next to the bank's files. Search engines are backends chosen in
+:meth:`SearchIndex.ensure`: exact torch search with the bank resident on the pipeline's GPU
+(``torch_exact``; faiss-gpu wheels are CUDA 12 only and cannot sit beside a CUDA 13 torch), faiss
+on the host otherwise (``faiss_backend``: flat, IVF or HNSW by size), and faiss whenever the bank
+does not fit the GPU memory budget (the reason goes to the bank's warnings).
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from typing import Any, Protocol, Sequence
 
 import faiss
 import numpy as np
+import torch
 
-from ..errors import BankError
+from ..errors import BankError, ConfigError
 from .faiss_backend import (
     build_index,
     exact_search_excluding,
@@ -28,6 +31,7 @@ from .faiss_backend import (
 )
 from .recall import RecallProbe, evenly_spaced, recall_from_curve
 from .spec import APPROXIMATE_TYPES, IndexSpec, is_approximate, resolve_type
+from .torch_exact import TorchExactIndex, device_fit, resolve_search_device, resolve_search_dtype
 
 # Frames whose patches probe the index's recall at build time (a few dozen patches from each).
 PROBE_FRAMES = 16
@@ -69,7 +73,7 @@ class SearchIndex:
         self.info: dict[str, Any] | None = None  # what was built (or loaded): type, recall, depth, ...
         self.saved_info: dict[str, Any] | None = None  # the index entry of a loaded bank's manifest
         self.saved_file: Path | None = None  # a loaded bank's index.faiss, checked against the manifest
-        self._index: faiss.Index | None = None
+        self._index: faiss.Index | TorchExactIndex | None = None
         self._cpu_index: faiss.Index | None = None  # kept beside a GPU index for excluding searches
 
     # -- life cycle -------------------------------------------------------------------------
@@ -103,21 +107,63 @@ class SearchIndex:
 
     def release(self) -> None:
         """Drop the searchable index (GPU memory); the next search loads or builds it again."""
+        if isinstance(self._index, TorchExactIndex):
+            self._index.release()
         self._index = None
 
-    def ensure(self) -> faiss.Index:
+    @property
+    def on_device(self) -> torch.device | None:
+        """The torch device the torch backend searches on (queries there stay there); None for faiss."""
+        return self._index.device if isinstance(self._index, TorchExactIndex) else None
+
+    def ensure(self) -> faiss.Index | TorchExactIndex:
         """Load or build the index now (not on the first frame); returns the searchable index."""
         if self._index is None:
             if len(self._vectors) == 0:
                 raise BankError("the bank is empty; add nominal frames before scoring")
             spec = self.current_spec()
+            torch_index = self._torch_index(spec)
+            if torch_index is not None:
+                self._index, self._cpu_index = torch_index, None
+                self.info = {
+                    "type": "flat", "backend": "torch", "device": str(torch_index.device),
+                    "dtype": str(torch_index.dtype).replace("torch.", ""), "num_vectors": len(self._vectors),
+                    "recall_at_1": 1.0,
+                }
+                return torch_index
             index, info = self._saved_index(spec)
             if index is None:
                 index, info = self._build_index(spec)
             gpu_index, info["device"] = maybe_to_gpu(index, spec.use_gpu)
+            info["backend"] = "faiss"
             self._cpu_index = index if gpu_index is not index else None
             self._index, self.info = gpu_index, info
         return self._index
+
+    def _torch_index(self, spec: IndexSpec) -> TorchExactIndex | None:
+        """The torch backend when ``spec`` asks for it (or ``auto`` on a CUDA device) and the bank
+        fits the device's memory budget; else None, with the reason among the bank's warnings."""
+        if spec.backend == "faiss":
+            return None
+        try:
+            device = resolve_search_device(spec.device)
+            dtype = resolve_search_dtype(spec.dtype, device)
+        except ConfigError as exc:
+            self._vectors.warn(f"torch search unavailable ({exc}); searching with faiss on the host")
+            return None
+        if spec.backend == "auto" and device.type != "cuda":
+            return None  # on the CPU faiss (BLAS flat, IVF, HNSW) is the engine
+        fit = device_fit(
+            len(self._vectors), self._vectors.dim, device, dtype, memory_fraction=spec.memory_fraction
+        )
+        if not fit.fits:
+            self._vectors.warn(f"{fit.reason}; searching with faiss on the host instead")
+            return None
+        try:
+            return TorchExactIndex(self._vectors.vectors, device=device, dtype=dtype)
+        except ConfigError as exc:
+            self._vectors.warn(f"{exc}; searching with faiss on the host instead")
+            return None
 
     def _saved_index(self, spec: IndexSpec) -> tuple[faiss.Index | None, dict[str, Any]]:
         """The index a loaded bank saved, when it is what ``spec`` asks for; else (None, {})."""
@@ -213,6 +259,10 @@ class SearchIndex:
         """
         index = self.ensure()
         dim, n = self._vectors.dim, len(self._vectors)
+        if isinstance(index, TorchExactIndex):
+            if queries.ndim != 2 or queries.shape[1] != dim:
+                raise ValueError(f"queries must have shape (n, {dim}), got {tuple(queries.shape)}")
+            return index.search(queries, min(int(k), n), exclude or None)
         if is_torch_tensor(queries):
             if not exclude and self._cpu_index is not None and queries.is_cuda:
                 if queries.ndim != 2 or queries.shape[1] != dim:
@@ -238,7 +288,8 @@ class SearchIndex:
     # -- persistence ------------------------------------------------------------------------
     def persisted_info(self) -> dict[str, Any] | None:
         """The manifest's ``index`` entry: what was built, else what was loaded for these vectors."""
-        info = self.info or (
+        built = self.info if self.info and self.info.get("backend") != "torch" else None
+        info = built or (
             self.saved_info
             if self.saved_info and self.saved_info.get("num_vectors") == len(self._vectors)
             else None
@@ -251,6 +302,8 @@ class SearchIndex:
         are rebuilt in seconds from the embeddings and not worth their float32 bytes on disk."""
         info = self.info
         index = self._cpu_index if self._cpu_index is not None else self._index
+        if isinstance(index, TorchExactIndex):
+            index = None  # exact on the device: nothing to persist beyond the embeddings
         if index is None and self.saved_file is not None and self.saved_info:
             # Loaded and never searched: carry the saved file over unchanged.
             shutil.copyfile(self.saved_file, target)

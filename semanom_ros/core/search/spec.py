@@ -42,6 +42,12 @@ class IndexSpec:
     max_train: int = 0  # training sample for IVF/PQ; 0 = 20 per list (at least 10k)
     use_gpu: bool = False  # move the index to faiss's GPU when faiss has GPU support
     seed: int = 0
+    # Which engine searches (auto | torch | faiss), on which device and in which precision; auto
+    # takes torch on a CUDA device when the bank fits memory_fraction of its free memory.
+    backend: str = "auto"
+    device: str = "cpu"
+    dtype: str = "auto"
+    memory_fraction: float = 0.5
 
     def validate(self) -> "IndexSpec":
         if self.type not in INDEX_TYPES:
@@ -64,6 +70,10 @@ class IndexSpec:
                 raise ConfigError(f"index {name}: {value!r} must be an integer in [{lo}, {hi}]")
         if not 0.0 < float(self.target_recall) <= 1.0:
             raise ConfigError(f"index target_recall: {self.target_recall!r} must be in (0, 1]")
+        if self.backend not in ("auto", "torch", "faiss"):
+            raise ConfigError(f"search_backend: {self.backend!r} is not one of auto, torch, faiss")
+        if not 0.0 < float(self.memory_fraction) <= 1.0:
+            raise ConfigError(f"search_memory_fraction: {self.memory_fraction!r} must be in (0, 1]")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,6 +92,10 @@ class IndexSpec:
             ("nlist", "index_nlist"),
             ("nprobe", "nprobe"),
             ("use_gpu", "use_gpu_index"),
+            ("backend", "search_backend"),
+            ("device", "device"),
+            ("dtype", "search_dtype"),
+            ("memory_fraction", "search_memory_fraction"),
         ):
             value = get(theirs, None)
             if value is not None:
