@@ -41,7 +41,6 @@ from _common import REPO, machine, markdown_table
 
 from semanom_ros.core import FeatureExtractor, Monitor, NominalBank, PatchBankBuilder, PipelineConfig
 from semanom_ros.core.backbones import split_tokens
-from semanom_ros.core.monitor import signature_of
 from semanom_ros.core.search.torch_exact import TorchExactIndex, device_fit, resolve_search_dtype
 
 FRAME_SIZE = (540, 960)  # (H, W)
@@ -338,7 +337,7 @@ def instance_rows(folder: Path, patch_monitor: Monitor, args, device: torch.devi
         rng = np.random.default_rng(0)
         vectors = rng.standard_normal((150 * BOXES, extractor.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        bank = NominalBank.from_vectors(vectors, signature_of(extractor), kind="instance",
+        bank = NominalBank.from_vectors(vectors, extractor.signature(), kind="instance",
                                         frame_of_vector=np.arange(len(vectors)) // BOXES)
         reset_peak(device)
         monitor = Monitor(config, bank, extractor)
