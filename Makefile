@@ -17,7 +17,8 @@ setup:
 	  echo 'export AMENT_PREFIX_PATH="$$VIRTUAL_ENV$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"' >> $(VENV)/bin/activate
 	$(MAKE) install
 
-# Not editable: a real install puts data_files under $(VENV)/share and the executables under lib/semanom_ros.
+# Not editable: a real install puts data_files under $(VENV)/share and, for `ros2 run` / launch_ros, one
+# launcher per console script under $(VENV)/lib/semanom_ros (setup.py writes them; test_install_layout.py).
 install:
 	$(PY) -m pip install --quiet --no-deps --force-reinstall .
 	@rm -rf build *.egg-info
