@@ -41,7 +41,7 @@ TOPIC = "/camera/image_raw/compressed"
 def throughput(frames: int, height: int, rounds: int, batch: int) -> dict:
     from semanom_ros.core.config import PipelineConfig
     from semanom_ros.core.features import FeatureExtractor
-    from semanom_ros.io.frames import iter_bag_frames
+    from semanom_ros.io.bags import iter_bag_frames
     from semanom_ros.tools.build import BuildOptions, build_bank
 
     extractor = FeatureExtractor(str(model_dir()), height, "cpu", "float32")
@@ -84,7 +84,7 @@ def write_long_bag(path: Path, repeat: int) -> Path:
     from rosbags.highlevel import AnyReader
 
     from semanom_ros.io.bagwrite import make_compressed_msg, write_image_bag
-    from semanom_ros.io.frames import ros2_typestore
+    from semanom_ros.io.bags import ros2_typestore
 
     payloads = []
     with AnyReader([BAG], default_typestore=ros2_typestore()) as reader:

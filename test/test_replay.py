@@ -13,7 +13,7 @@ from conftest import textured_frame
 from semanom_ros.core import Monitor, PatchBankBuilder, PipelineConfig
 from semanom_ros.io.images import decode_image
 from semanom_ros.io.bagwrite import write_image_bag
-from semanom_ros.io.frames import ros2_typestore
+from semanom_ros.io.bags import ros2_typestore
 
 pytest.importorskip("rclpy")
 from semanom_ros.tools.evaluate import config_from_bank  # noqa: E402

@@ -47,7 +47,7 @@ from semanom_ros.core.monitor import Monitor
 from semanom_ros.io.images import ImageDecodeError, decode_image
 
 from . import ros_params
-from .outputs import HAVE_VISION_MSGS, build_output_messages
+from semanom_ros.io.messages import HAVE_VISION_MSGS, build_output_messages
 from .worker import LatestFrameSlot, LatestFrameWorker
 
 __all__ = ["DEFAULT_NODE_NAME", "LatestFrameSlot", "MonitorNode", "MonitorStats", "main"]  # slot re-exported from .worker

@@ -35,17 +35,9 @@ from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import ConfigError, ImageError, SemanomError
 from semanom_ros.core.features import validate_rgb
 from semanom_ros.core.selection import NearDuplicateFilter, check_dedup_similarity, resolve_time_range
-from semanom_ros.io.frames import (
-    BAG_SUFFIXES,
-    IMAGE_EXTENSIONS,
-    IMAGE_MSGTYPES,
-    Frame,
-    SkipStats,
-    iter_bag_frames,
-    iter_folder_frames,
-    list_image_topics,
-    ros2_typestore,
-)
+from semanom_ros.io.bags import iter_bag_frames, list_image_topics, ros2_typestore
+from semanom_ros.io.folders import iter_folder_frames
+from semanom_ros.io.frame_types import BAG_SUFFIXES, IMAGE_EXTENSIONS, IMAGE_MSGTYPES, Frame, SkipStats
 
 __all__ = [
     "BuildError",

@@ -30,7 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from semanom_ros.io.frames import IMAGE_EXTENSIONS, SkipStats, iter_bag_frames, iter_folder_frames, list_image_topics
+from semanom_ros.io.bags import iter_bag_frames, list_image_topics
+from semanom_ros.io.folders import iter_folder_frames
+from semanom_ros.io.frame_types import IMAGE_EXTENSIONS, SkipStats
 
 __all__ = [
     "BagDataset",

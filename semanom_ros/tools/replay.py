@@ -8,7 +8,7 @@ through byte for byte and the monitor's topics under ``--namespace`` (default
 ``score_map`` (sensor_msgs/Image 32FC1), ``overlay`` (sensor_msgs/Image bgr8) and
 ``instances/labels`` (sensor_msgs/Image mono16), plus ``instances``
 (vision_msgs/Detection2DArray) where vision_msgs imports. The messages are built by the node's
-own ``semanom_ros.nodes.outputs.build_output_messages`` and carry the input header; they are
+own ``semanom_ros.io.messages.build_output_messages`` and carry the input header; they are
 written at the input message's bag timestamp. Every frame is processed (nothing is dropped,
 nothing depends on timing), so two replays of one bag are identical apart from wall-clock
 metadata. ``-o NAME.mcap`` writes the directory ``NAME/`` with ``NAME/NAME.mcap`` inside (the file
@@ -30,7 +30,8 @@ from typing import Any
 
 from semanom_ros.core import Monitor, PipelineConfig
 from semanom_ros.core.errors import SemanomError
-from semanom_ros.io.frames import IMAGE_MSGTYPES, SkipStats, iter_bag_frames, ros2_typestore
+from semanom_ros.io.bags import iter_bag_frames, ros2_typestore
+from semanom_ros.io.frame_types import IMAGE_MSGTYPES, SkipStats
 
 from .eval_data import WarningSink
 from .evaluate import config_from_bank
@@ -125,9 +126,9 @@ def replay_bag(
     from tqdm import tqdm
 
     try:
-        from semanom_ros.nodes.outputs import build_output_messages
+        from semanom_ros.io.messages import build_output_messages
     except ImportError as exc:
-        raise ReplayError(f"semanom_ros.nodes.outputs is not importable ({exc}); the replay builds the node's messages with it") from None
+        raise ReplayError(f"semanom_ros.io.messages is not importable ({exc}); the replay builds the node's messages with it") from None
 
     sink = sink or WarningSink()
     bag = Path(bag)
