@@ -12,10 +12,11 @@ import numpy as np
 
 from .frame_types import IMAGE_EXTENSIONS, Frame, SkipStats, SkipWarner, check_selection_args, natural_key
 
-__all__ = ["count_image_files", "iter_folder_frames"]
+__all__ = ["image_files", "iter_folder_frames"]
 
 
-def _folder_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
+def image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """The image files of ``folder`` (not recursive) in natural file-name order."""
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     files = [
         p for p in folder.iterdir()
@@ -51,7 +52,7 @@ def iter_folder_frames(
     path = Path(folder)
     if not path.is_dir():
         raise ValueError(f"Image folder {str(path)!r} does not exist or is not a directory")
-    files = _folder_files(path, extensions)
+    files = image_files(path, extensions)
     if not files:
         raise ValueError(
             f'Image folder {str(path)!r} has no {"/".join(extensions)} files; pass a folder of '
@@ -104,8 +105,3 @@ def _folder_frames(
         rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         yield Frame(rgb=rgb, source=src, index=index, stamp_ns=stamp, topic=None, name=file.name)
 
-
-
-def count_image_files(folder: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> int:
-    """How many files :func:`iter_folder_frames` would read from ``folder`` (before any selection)."""
-    return len(_folder_files(Path(folder), extensions))

@@ -13,7 +13,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from semanom_ros.core.bank import MANIFEST, NominalBank
 from semanom_ros.core.config import PipelineConfig
+from semanom_ros.core.coreset import calibrate_coreset, coreset_bank
 from semanom_ros.core.errors import SemanomError
+from semanom_ros.core.instances import calibrate_instance_bank
+from semanom_ros.core.scoring import calibrate
 
 from .errors import BuildError
 from .settings import config_from_bank
@@ -22,6 +25,7 @@ __all__ = [
     "bank_state",
     "bank_unchanged_since",
     "calibrate_bank",
+    "calibrate_coreset_bank",
     "calibrate_progress",
     "calibration_brief",
     "check_output",
@@ -135,12 +139,8 @@ def check_output(output: Path, append: bool) -> None:
 def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress: Any = None) -> dict[str, Any]:
     """Leave-one-out calibration with the settings of ``config`` (patch or instance bank)."""
     if bank.kind == "instance":
-        from semanom_ros.core.instances import calibrate_instance_bank
-
         cal = calibrate_instance_bank(bank, config, progress)
     else:
-        from semanom_ros.core.scoring import calibrate
-
         c = config
         cal = calibrate(
             bank, c.alpha, c.k, c.calibration_window, c.calibration_max_frames, c.score_smoothing_sigma,
@@ -150,6 +150,13 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress: Any = No
     for name in ("alpha", "k", "calibration_window", "calibration_level", "calibration_max_frames", "score_smoothing_sigma"):
         bank.config[name] = getattr(config, name)
     return cal
+
+
+def calibrate_coreset_bank(coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress: Any = None) -> None:
+    """Calibrate a coreset against the frames of the ``full`` bank it was taken from (an unbiased threshold)."""
+    calibrate_coreset(coreset, full, config, progress)
+    for name in ("alpha", "k", "calibration_window", "calibration_level"):
+        coreset.config[name] = getattr(config, name)
 
 
 def calibrate_progress(enabled: bool) -> Callable[[Iterable[Any]], Iterable[Any]] | None:
@@ -246,17 +253,12 @@ def coreset_existing_bank(
     **overrides: Any,
 ) -> tuple[NominalBank, Any]:
     """Greedy k-center coreset of the bank at ``path`` saved to ``output``; calibrated against the full frames."""
-    from semanom_ros.core.coreset import calibrate_coreset, coreset_bank
-
     full = NominalBank.load(path)
     show = progress_enabled(progress)
     with progress_bar(show, total=None, desc="coreset", unit="vec") as bar:
         result = coreset_bank(full, fraction=fraction, count=count, seed=seed, progress=bar.update)
     if calibrate:
-        config = config_from_bank(full, overrides)
-        calibrate_coreset(result.bank, full, config, calibrate_progress(show))
-        for name in ("alpha", "k", "calibration_window", "calibration_level"):
-            result.bank.config[name] = getattr(config, name)
+        calibrate_coreset_bank(result.bank, full, config_from_bank(full, overrides), calibrate_progress(show))
     target = Path(output).expanduser().absolute()
     if target.exists() and not (target / MANIFEST).is_file():
         check_output(target, append=False)

@@ -27,13 +27,17 @@ import numpy as np
 
 from semanom_ros.core.bank import NominalBank
 from semanom_ros.core.config import PipelineConfig
+from semanom_ros.core.coreset import coreset_bank
 from semanom_ros.core.errors import ConfigError, ImageError
 from semanom_ros.core.features import validate_rgb
+from semanom_ros.core.instances import InstanceBankBuilder
+from semanom_ros.core.monitor import PatchBankBuilder, load_ignore_mask
 from semanom_ros.core.selection import NearDuplicateFilter
 from semanom_ros.io.frame_types import Frame
 
 from .bank_ops import (
     calibrate_bank,
+    calibrate_coreset_bank,
     calibrate_progress,
     calibration_brief,
     check_output,
@@ -196,8 +200,6 @@ def build_bank(
         raise BuildError("dedup_similarity applies to patch banks; drop it for --mode instance")
     check_output(output, options.append)
 
-    from semanom_ros.core.monitor import load_ignore_mask
-
     ignore = load_ignore_mask(config.ignore_mask)  # an unreadable mask fails now, not after the model loads
     plans = plan_sources(sources, options, warnings)
 
@@ -251,8 +253,6 @@ def build_bank(
         )
     full_bank = bank
     if options.coreset_requested:
-        from semanom_ros.core.coreset import coreset_bank
-
         t0 = time.perf_counter()
         with progress_bar(show, total=None, desc="coreset", unit="vec") as bar:
             result = coreset_bank(
@@ -268,11 +268,7 @@ def build_bank(
         t0 = time.perf_counter()
         try:
             if bank is not full_bank:
-                from semanom_ros.core.coreset import calibrate_coreset
-
-                calibrate_coreset(bank, full_bank, config, calibrate_progress(show))
-                for name in ("alpha", "k", "calibration_window", "calibration_level"):
-                    bank.config[name] = getattr(config, name)
+                calibrate_coreset_bank(bank, full_bank, config, calibrate_progress(show))
             else:
                 calibrate_bank(bank, config, calibrate_progress(show))
             summary.calibration = bank.calibration
@@ -337,11 +333,7 @@ class _CountingLogger:
 
 def _make_builder(config: PipelineConfig, existing: NominalBank | None, extractor: Any) -> Any:
     if config.mode == "instance":
-        from semanom_ros.core.instances import InstanceBankBuilder
-
         return InstanceBankBuilder(config, bank=existing, extractor=extractor)
-    from semanom_ros.core.monitor import PatchBankBuilder
-
     return PatchBankBuilder(config, extractor=extractor, bank=existing)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from semanom_ros.core.bank import MANIFEST, NominalBank
 from semanom_ros.core.config import PipelineConfig
+from semanom_ros.core.coreset import coreset_target_size
 from semanom_ros.core.errors import ConfigError
 from semanom_ros.core.selection import check_dedup_similarity
 
@@ -109,8 +110,6 @@ class BuildOptions:
         if self.coreset_fraction is not None and self.coreset_size is not None:
             raise ConfigError("coreset: give either a fraction (--coreset-fraction) or a size (--coreset-size), not both")
         if self.coreset_fraction is not None or self.coreset_size is not None:
-            from semanom_ros.core.coreset import coreset_target_size
-
             coreset_target_size(1, self.coreset_fraction, self.coreset_size)  # argument checks only
         return self
 

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 from semanom_ros.core.errors import ConfigError
 from semanom_ros.core.selection import resolve_time_range
 from semanom_ros.io.bags import bag_start_ns, choose_image_topic, is_bag_path, iter_bag_frames, list_image_topics
-from semanom_ros.io.folders import count_image_files, iter_folder_frames
+from semanom_ros.io.folders import image_files, iter_folder_frames
 from semanom_ros.io.frame_types import Frame, SkipStats
 
 from .errors import BuildError
@@ -129,7 +129,7 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
                     name, stride=options.stride, min_interval_s=options.min_interval_s, stats=stats,
                     logger=logger, fps=options.fps,
                 )
-                summary.messages = count_image_files(path)
+                summary.messages = len(image_files(path))
             except (ValueError, OSError) as exc:
                 summary.error = str(exc)
     usable = [p for p in plans if p.frames is not None]
