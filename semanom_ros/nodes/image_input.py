@@ -16,8 +16,9 @@ def image_input(resolved_topic: str, input_type: str) -> tuple[str, Any]:
     kind = "compressed" if input_type == "auto" and resolved_topic.endswith("/compressed") else input_type
     if kind == "compressed":
         # image_transport publishes CompressedImage on '<base>/compressed'.
-        topic = resolved_topic if resolved_topic.endswith("/compressed") else resolved_topic.rstrip("/") + "/compressed"
-        return topic, CompressedImage
+        if resolved_topic.endswith("/compressed"):
+            return resolved_topic, CompressedImage
+        return resolved_topic.rstrip("/") + "/compressed", CompressedImage
     return resolved_topic, Image
 
 
@@ -27,6 +28,7 @@ def sensor_qos(reliability: str) -> QoSProfile:
     return QoSProfile(
         history=qos_profile_sensor_data.history,
         depth=1,
-        reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+        reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                     else ReliabilityPolicy.BEST_EFFORT),
         durability=qos_profile_sensor_data.durability,
     )

@@ -24,7 +24,13 @@ from typing import Any
 
 from semanom_ros.core.errors import SemanomError
 from semanom_ros.io.bags import is_bag_path
-from semanom_ros.workflows.eval_data import BagDataset, EvalDataError, FolderDataset, WarningSink, find_folder_layout
+from semanom_ros.workflows.eval_data import (
+    BagDataset,
+    EvalDataError,
+    FolderDataset,
+    WarningSink,
+    find_folder_layout,
+)
 from semanom_ros.workflows.evaluation import run_evaluation
 from semanom_ros.workflows.report import DEFAULT_ALPHAS, DEFAULT_MIN_AREAS, DEFAULT_PIXEL_STRIDE, EvalOptions
 from semanom_ros.workflows.settings import config_from_bank

@@ -16,7 +16,13 @@ from typing import Any, Iterator, Sequence
 
 from semanom_ros.core.errors import ConfigError
 from semanom_ros.core.selection import resolve_time_range
-from semanom_ros.io.bags import bag_start_ns, choose_image_topic, is_bag_path, iter_bag_frames, list_image_topics
+from semanom_ros.io.bags import (
+    bag_start_ns,
+    choose_image_topic,
+    is_bag_path,
+    iter_bag_frames,
+    list_image_topics,
+)
 from semanom_ros.io.folders import image_files, iter_folder_frames
 from semanom_ros.io.frame_types import Frame, SkipStats
 
