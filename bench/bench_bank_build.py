@@ -4,7 +4,7 @@ memory for a 150-frame bag vs a 10x longer one.
 
 Throughput (real DINOv2-S/14, ``--height``, the first ``--frames`` JPEG messages of the highway mcap
 bag): *bare* = ``FeatureExtractor.extract_batch`` in batches of 8 on frames decoded beforehand;
-*pipeline* = ``semanom_ros.tools.build.build_bank`` on the bag (reading, JPEG decoding in the reader
+*pipeline* = ``semanom_ros.workflows.build_bank.build_bank`` on the bag (reading, JPEG decoding in the reader
 thread, embedding, near-duplicate check, adding to the bank), same loaded model, no calibration.
 Rounds alternate (bare, pipeline, bare, ...) and the best of each is reported, since the cores are
 shared with other work. Target: pipeline >= 0.9 x bare.
@@ -41,8 +41,9 @@ TOPIC = "/camera/image_raw/compressed"
 def throughput(frames: int, height: int, rounds: int, batch: int) -> dict:
     from semanom_ros.core.config import PipelineConfig
     from semanom_ros.core.features import FeatureExtractor
-    from semanom_ros.io.frames import iter_bag_frames
-    from semanom_ros.tools.build import BuildOptions, build_bank
+    from semanom_ros.io.bags import iter_bag_frames
+    from semanom_ros.workflows.build_bank import build_bank
+    from semanom_ros.workflows.settings import BuildOptions
 
     extractor = FeatureExtractor(str(model_dir()), height, "cpu", "float32")
     decoded = [f.rgb for f in iter_bag_frames(BAG, TOPIC, max_frames=frames)]
@@ -84,7 +85,7 @@ def write_long_bag(path: Path, repeat: int) -> Path:
     from rosbags.highlevel import AnyReader
 
     from semanom_ros.io.bagwrite import make_compressed_msg, write_image_bag
-    from semanom_ros.io.frames import ros2_typestore
+    from semanom_ros.io.bags import ros2_typestore
 
     payloads = []
     with AnyReader([BAG], default_typestore=ros2_typestore()) as reader:
@@ -130,7 +131,9 @@ def memory_child(bag: str, out: str, height: int, calibrate: bool) -> None:
 
     from semanom_ros.core.config import PipelineConfig
     from semanom_ros.core.features import FeatureExtractor
-    from semanom_ros.tools.build import BuildOptions, build_bank, recalibrate
+    from semanom_ros.workflows.bank_ops import recalibrate
+    from semanom_ros.workflows.build_bank import build_bank
+    from semanom_ros.workflows.settings import BuildOptions
 
     extractor = FeatureExtractor(str(model_dir()), height, "cpu", "float32")
     extractor.extract_batch([np.zeros((540, 960, 3), np.uint8)] * 8)  # warm-up at the real batch shape

@@ -39,7 +39,8 @@ def main() -> None:
     from semanom_ros.core.coreset import calibrate_coreset, greedy_k_center_order, subsample_bank
     from semanom_ros.core.features import FeatureExtractor
     from semanom_ros.core.monitor import Monitor
-    from semanom_ros.tools.build import BuildOptions, build_bank
+    from semanom_ros.workflows.build_bank import build_bank
+    from semanom_ros.workflows.settings import BuildOptions
 
     data = shared_dir() / "data" / "highway"
     fractions = sorted({float(f) for f in args.fractions.split(",")}, reverse=True)

@@ -75,7 +75,7 @@ def ensure_bank(model: Path, path: Path, threads: int) -> Path:
 def engine_ms(bank: Path, frames: list[np.ndarray], threads: int, repeats: int) -> dict[str, float]:
     """Median Monitor.process time (features + search + maps) and overlay time on the benchmark frames."""
     from semanom_ros.core import Monitor
-    from semanom_ros.tools.evaluate import config_from_bank
+    from semanom_ros.workflows.settings import config_from_bank
 
     monitor = Monitor(config_from_bank(bank, {"num_threads": threads}), bank)
     monitor.process(frames[0])  # warm-up, as the node does at configure

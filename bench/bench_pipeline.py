@@ -70,14 +70,14 @@ def nominal_bank(extractor, cache: Path):
 def publish_messages(monitor, rgb, result) -> object:
     """The messages the monitor node publishes per frame: overlay rendering + message construction.
 
-    Uses the node's own ``semanom_ros.nodes.outputs.build_output_messages`` where it imports (rclpy
+    Uses the node's own ``semanom_ros.io.messages.build_output_messages`` where it imports (rclpy
     messages), else the core image encoders for the three image topics.
     """
     overlay = monitor.overlay(rgb, result)
     try:
         from std_msgs.msg import Header
 
-        from semanom_ros.nodes.outputs import build_output_messages
+        from semanom_ros.io.messages import build_output_messages
     except ImportError:
         from semanom_ros.io.images import encode_image
 

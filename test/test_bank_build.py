@@ -1,4 +1,4 @@
-"""The streaming bank build (semanom_ros.tools.build): counts, manifest contents, frame selection,
+"""The streaming bank build (semanom_ros.workflows.build_bank): counts, manifest contents, frame selection,
 append / merge behaviour, model mismatches, and data faults that are skipped instead of crashing.
 
 Real bags: ../shared/data/highway/bag_mcap and bag_sqlite3 (150 JPEG CompressedImage messages at
@@ -24,8 +24,10 @@ from semanom_ros.core.errors import BankMismatchError, ConfigError
 from semanom_ros.core.features import FeatureExtractor
 from semanom_ros.core.selection import LiveFrameSelector, NearDuplicateFilter, resolve_time_range
 from semanom_ros.io.bagwrite import make_image_msg, write_image_bag
-from semanom_ros.tools import build
-from semanom_ros.tools.build import BuildError, BuildOptions, build_bank
+from semanom_ros.workflows.bank_ops import merge_banks, remove_stale_temp_dirs
+from semanom_ros.workflows.build_bank import BuildSummary, build_bank
+from semanom_ros.workflows.errors import BuildError
+from semanom_ros.workflows.settings import BuildOptions, read_settings_file, resolve_build_settings
 
 HIGHWAY = shared_dir() / "data" / "highway"
 MCAP = HIGHWAY / "bag_mcap"
@@ -53,7 +55,7 @@ def _frames(n: int, seed: int = 0, h: int = 48, w: int = 80) -> list[np.ndarray]
     return [textured_frame(seed + i, h, w) for i in range(n)]
 
 
-def _build(sources, out, config, extractor, **options) -> build.BuildSummary:
+def _build(sources, out, config, extractor, **options) -> BuildSummary:
     return build_bank([str(s) for s in sources], out, config, BuildOptions(progress=False, **options), extractor=extractor)
 
 
@@ -250,18 +252,18 @@ def test_append_merge_and_model_mismatch(tmp_path, config, extractor, other_tiny
     assert (bank_dir / "manifest.json").read_bytes() == manifest
 
     # Appending without naming the model takes the bank's (settings resolution).
-    cfg, opts = build.resolve_settings(bank_dir, append=True, pipeline_overrides={"alpha": 0.99})
+    cfg, opts = resolve_build_settings(bank_dir, append=True, pipeline_overrides={"alpha": 0.99})
     assert (cfg.model, cfg.input_height, cfg.calibration_window, cfg.alpha) == (config.model, H, 2, 0.99)
     assert opts.append
 
     # Merge: one model joins, another model is refused with the bank's path in the message.
     other_dir = tmp_path / "other"
     build_bank([str(bag2)], other_dir, config.replace(model=other_tiny_model), BuildOptions(progress=False))
-    merged, cal = build.merge_banks([bank_dir, tmp_path / "bank"], tmp_path / "merged", progress=False)
+    merged, cal = merge_banks([bank_dir, tmp_path / "bank"], tmp_path / "merged", progress=False)
     assert merged.num_frames == 22 and cal["frames_scored"] == 22
     assert len(NominalBank.load(tmp_path / "merged").extra["builds"]) == 4
     with pytest.raises(BankMismatchError, match=str(other_dir)):
-        build.merge_banks([bank_dir, other_dir], tmp_path / "bad_merge", progress=False)
+        merge_banks([bank_dir, other_dir], tmp_path / "bad_merge", progress=False)
     assert not (tmp_path / "bad_merge").exists()
 
 
@@ -308,18 +310,18 @@ def test_summary_json_and_text(tmp_path, config, extractor):
 
 
 def test_settings_file_and_node_parameter_file(tmp_path):
-    pipeline, options = build.read_settings_file(Path(__file__).resolve().parents[1] / "config" / "bank_builder.yaml")
+    pipeline, options = read_settings_file(Path(__file__).resolve().parents[1] / "config" / "bank_builder.yaml")
     assert "model" not in pipeline and "input_height" not in pipeline  # "" / 0 = unset
     assert pipeline["alpha"] == 0.999 and options["stride"] == 1 and "coreset_fraction" not in options
     PipelineConfig.from_dict(pipeline)
     BuildOptions(**options).validate()
     flat = tmp_path / "s.yaml"
     flat.write_text("input_height: 112\nstride: 4\ndedup_similarity: 0.97\n")
-    cfg, opts = build.resolve_settings(tmp_path / "b", settings_file=flat, build_overrides={"stride": 2})
+    cfg, opts = resolve_build_settings(tmp_path / "b", settings_file=flat, build_overrides={"stride": 2})
     assert cfg.input_height == 112 and (opts.stride, opts.dedup_similarity) == (2, 0.97)
     flat.write_text("stide: 4\n")
     with pytest.raises(ConfigError, match="stide"):
-        build.read_settings_file(flat)
+        read_settings_file(flat)
 
 
 def test_stale_temp_dirs_of_dead_saves_are_removed(tmp_path):
@@ -328,7 +330,7 @@ def test_stale_temp_dirs_of_dead_saves_are_removed(tmp_path):
     alive = tmp_path / f".bank.tmp-{os.getppid()}-2"
     for d in (dead, alive):
         d.mkdir()
-    assert build.remove_stale_temp_dirs(out) == 1
+    assert remove_stale_temp_dirs(out) == 1
     assert not dead.exists() and alive.exists()
     shutil.rmtree(alive)
 

@@ -223,7 +223,8 @@ def _assert_same_bank(path: Path, before: dict) -> None:
 def kill_setup(tmp_path_factory, tiny_model):
     """An existing bank (from a short bag) and a longer bag the interrupted builds read."""
     from semanom_ros.core.config import PipelineConfig
-    from semanom_ros.tools.build import BuildOptions, build_bank
+    from semanom_ros.workflows.build_bank import build_bank
+    from semanom_ros.workflows.settings import BuildOptions
 
     root = tmp_path_factory.mktemp("kill")
     old_bag = _bag(root / "old_drive", 6)
@@ -273,7 +274,8 @@ def test_interrupted_build_leaves_the_old_bank(tmp_path, kill_setup, phase, sig)
         assert "Traceback" not in err and not leftovers
     if leftovers:
         from semanom_ros.core.config import PipelineConfig
-        from semanom_ros.tools.build import BuildOptions, build_bank
+        from semanom_ros.workflows.build_bank import build_bank
+        from semanom_ros.workflows.settings import BuildOptions
 
         config = PipelineConfig(model=model, input_height=int(H), calibration_window=1)
         summary = build_bank([str(long_bag)], bank, config, BuildOptions(progress=False, max_frames=3))

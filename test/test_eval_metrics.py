@@ -1,4 +1,4 @@
-"""semanom_ros.tools.eval_metrics against scikit-learn on the same arrays, plus hand-made cases."""
+"""semanom_ros.workflows.eval_metrics against scikit-learn on the same arrays, plus hand-made cases."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +13,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from semanom_ros.tools.eval_metrics import (
+from semanom_ros.workflows.eval_metrics import (
     IoUAccumulator,
     best_f1,
     fpr_at_tpr,

@@ -17,7 +17,8 @@ from conftest import textured_frame
 from semanom_ros.core import PatchBankBuilder, PipelineConfig
 from semanom_ros.core.scoring import threshold_for_alpha
 from semanom_ros.io.bagwrite import write_image_bag
-from semanom_ros.tools.evaluate import config_from_bank, main
+from semanom_ros.tools.evaluate import main
+from semanom_ros.workflows.settings import config_from_bank
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("roc.png", "pr.png", "f1_vs_threshold.png", "min_area_sweep.png", "examples.png")
@@ -283,8 +284,9 @@ def test_settings_come_from_the_bank_and_flags_override_them(tiny_bank, tiny_mod
 @pytest.mark.integration
 def test_highway_report_with_real_weights(shared, highway_bank, tmp_path):
     """The report on ../shared/data/highway/test reproduces the engine's quality figures."""
-    from semanom_ros.tools.eval_data import FolderDataset, find_folder_layout
-    from semanom_ros.tools.evaluate import EvalOptions, run_evaluation
+    from semanom_ros.workflows.eval_data import FolderDataset, find_folder_layout
+    from semanom_ros.workflows.evaluation import run_evaluation
+    from semanom_ros.workflows.report import EvalOptions
 
     _, bank = highway_bank
     layout = find_folder_layout(shared / "data" / "highway" / "test")

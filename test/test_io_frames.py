@@ -1,4 +1,4 @@
-"""Tests for semanom_ros.io.frames / bagwrite: frames from rosbag2 bags and image folders."""
+"""Tests for semanom_ros.io frame readers (frames, bags, folders, mcap_recovery) and bagwrite."""
 
 from __future__ import annotations
 
@@ -17,15 +17,9 @@ if str(REPO) not in sys.path[:1]:
     sys.path.insert(0, str(REPO))
 
 from semanom_ros.io.bagwrite import make_compressed_msg, make_image_msg, write_image_bag  # noqa: E402
-from semanom_ros.io.frames import (  # noqa: E402
-    Frame,
-    SkipStats,
-    iter_bag_frames,
-    iter_folder_frames,
-    iter_frames,
-    list_image_topics,
-    ros2_typestore,
-)
+from semanom_ros.io.bags import iter_bag_frames, list_image_topics, ros2_typestore  # noqa: E402
+from semanom_ros.io.folders import iter_folder_frames  # noqa: E402
+from semanom_ros.io.frames import Frame, SkipStats, iter_frames  # noqa: E402
 
 HIGHWAY = REPO.parent / "shared" / "data" / "highway"
 MCAP_DIR = HIGHWAY / "bag_mcap"

@@ -17,7 +17,7 @@ if str(REPO) not in sys.path[:1]:
     sys.path.insert(0, str(REPO))
 
 from semanom_ros.io.bagwrite import make_compressed_msg, make_image_msg  # noqa: E402
-from semanom_ros.io.frames import ros2_typestore  # noqa: E402
+from semanom_ros.io.bags import ros2_typestore  # noqa: E402
 from semanom_ros.io.images import (  # noqa: E402
     SUPPORTED_ENCODINGS,
     ImageDecodeError,

@@ -33,7 +33,8 @@ from std_msgs.msg import Bool, Float32  # noqa: E402
 from conftest import isolated_ros_context, read_rgb, textured_frame  # noqa: E402
 from semanom_ros.core import PatchBankBuilder, PipelineConfig  # noqa: E402
 from semanom_ros.io.images import encode_compressed, encode_image  # noqa: E402
-from semanom_ros.nodes.monitor_node import LatestFrameSlot, MonitorNode  # noqa: E402
+from semanom_ros.nodes.monitor_node import MonitorNode  # noqa: E402
+from semanom_ros.nodes.worker import LatestFrameSlot  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -514,11 +515,10 @@ def test_real_model_flags_the_anomalous_frame(harness, shared, highway_bank):
 
 def test_parameter_file_lists_every_parameter_with_its_default():
     """config/monitor.yaml documents every declared parameter; its values are the declared defaults."""
-    import yaml
+    from semanom_ros.nodes.params import MONITOR_PARAMS
+    from semanom_ros.workflows.settings import read_parameter_file
 
-    from semanom_ros.nodes.ros_params import MONITOR_PARAMS
-
-    values = yaml.safe_load((REPO / "config" / "monitor.yaml").read_text())["/**"]["ros__parameters"]
+    values = read_parameter_file(REPO / "config" / "monitor.yaml")
     assert set(values) == {spec.name for spec in MONITOR_PARAMS}
     for spec in MONITOR_PARAMS:
         assert values[spec.name] == spec.default and type(values[spec.name]) is type(spec.default), spec.name

@@ -13,11 +13,12 @@ from conftest import textured_frame
 from semanom_ros.core import Monitor, PatchBankBuilder, PipelineConfig
 from semanom_ros.io.images import decode_image
 from semanom_ros.io.bagwrite import write_image_bag
-from semanom_ros.io.frames import ros2_typestore
+from semanom_ros.io.bags import ros2_typestore
 
 pytest.importorskip("rclpy")
-from semanom_ros.tools.evaluate import config_from_bank  # noqa: E402
-from semanom_ros.tools.replay import main, output_paths  # noqa: E402
+from semanom_ros.tools.replay import main  # noqa: E402
+from semanom_ros.workflows.replay import output_paths  # noqa: E402
+from semanom_ros.workflows.settings import config_from_bank  # noqa: E402
 
 SHARED = Path(os.environ.get("SEMANOM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 HIGHWAY_BAG = SHARED / "data" / "highway" / "bag_mcap"

@@ -10,7 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .frames import Frame, ros2_typestore
+from .bags import ros2_typestore
+from .frame_types import Frame
 
 __all__ = ["write_image_bag", "make_image_msg", "make_compressed_msg"]
 

@@ -16,7 +16,7 @@ subscription callback only drops the message into a one-slot mailbox; a worker t
 embeds, so a slow model drops frames instead of queueing them.
 
 Offline (``sources`` set): builds from the listed bags / image folders with exactly the pipeline
-``semanom-bank build`` runs (:func:`semanom_ros.tools.build.build_bank`), logs the summary and exits.
+``semanom-bank build`` runs (:func:`semanom_ros.workflows.build_bank.build_bank`), logs the summary and exits.
 """
 from __future__ import annotations
 
@@ -34,96 +34,27 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rcl_interfaces.msg import ParameterDescriptor
 from std_srvs.srv import SetBool, Trigger
 
 from semanom_ros.core.bank import MANIFEST, NominalBank
-from semanom_ros.core.config import DEFAULT_MODEL, PipelineConfig
+from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import ConfigError, ImageError, SemanomError
 from semanom_ros.core.features import validate_rgb
+from semanom_ros.core.bank.builder import PatchBankBuilder
 from semanom_ros.core.selection import LiveFrameSelector, NearDuplicateFilter
 from semanom_ros.io.images import ImageDecodeError, decode_image
-from semanom_ros.tools import build
+from semanom_ros.workflows.bank_ops import calibrate_bank, remove_stale_temp_dirs
+from semanom_ros.workflows.build_bank import BuildSummary, build_bank
+from semanom_ros.workflows.settings import BuildOptions, resolve_build_settings
 
+from .image_input import image_input, sensor_qos
+from .params import BUILDER_BUILD_OPTIONS, BUILDER_PARAMS, config_values, declare_all
 from .worker import LatestFrameWorker
-from . import ros_params
-from .ros_params import ParamSpec, declare_all
 
-__all__ = ["BUILDER_PARAMS", "BankBuilderNode", "DEFAULT_NODE_NAME", "LiveStats", "main"]
+__all__ = ["BankBuilderNode", "DEFAULT_NODE_NAME", "LiveStats", "main"]
 
 DEFAULT_NODE_NAME = "bank_builder_node"
-_DEFAULTS = PipelineConfig()
-
-
-def _p(name: str, default: Any, description: str, **kw: Any) -> ParamSpec:
-    return ParamSpec(name, default, description, **kw)
-
-
-# ROS parameters cannot be None: "" / 0 / negative mean "unset" where a description says so.
-BUILDER_PARAMS: tuple[ParamSpec, ...] = (
-    _p("output_bank", "", "Bank directory to write (atomically). Required.", config_field=False),
-    _p("append", False, "Add to the existing bank at output_bank (same model and input size, else an error).",
-       config_field=False),
-    # -- offline build (sources set) ---------------------------------------------------------------------
-    _p("topic", "", "Offline: image topic in the bags; '' = the Image/CompressedImage topic with the most messages.",
-       config_field=False),
-    _p("start_s", -1.0, "Offline: first receive time, seconds from the bag's start (or a Unix time >= 1e9); "
-       "negative = from the start.", config_field=False),
-    _p("end_s", -1.0, "Offline: end of the time range (exclusive), same units; negative = to the end.",
-       config_field=False),
-    _p("fps", 10.0, "Offline, image folders: frame rate for time stamps.", float_range=(0.001, 10000.0),
-       config_field=False),
-    _p("coreset_fraction", 0.0, "Greedy k-center coreset keeping this fraction (0, 1] of the vectors; 0 = off.",
-       float_range=(0.0, 1.0), config_field=False),
-    _p("coreset_size", 0, "Greedy k-center coreset of this many vectors; 0 = off.", int_range=(0, 2**31 - 1),
-       config_field=False),
-    _p("coreset_seed", 0, "Seed of the coreset's first centre and random projection.", config_field=False),
-    # -- frame selection (both modes) ----------------------------------------------------------------------
-    _p("stride", 1, "Keep every n-th frame.", int_range=(1, 1_000_000), config_field=False),
-    _p("min_interval_s", 0.0, "Drop a frame stamped sooner than this after the previous kept one (seconds).",
-       float_range=(0.0, 3600.0), config_field=False),
-    _p("dedup_similarity", 0.0, "Skip a frame whose CLS cosine similarity to the last kept frame is >= this "
-       "(e.g. 0.98); 0 = off.", float_range=(0.0, 1.0), config_field=False),
-    _p("max_frames", 0, "At most this many frames go into the bank (per build / recording); 0 = no limit.",
-       int_range=(0, 2**31 - 1), config_field=False),
-    _p("calibrate", True, "Calibrate the threshold when saving (leave-one-out).", config_field=False),
-    # -- live recording ----------------------------------------------------------------------------------
-    _p("input_type", "auto", "Live: auto (CompressedImage when the resolved 'image' topic ends in /compressed), "
-       "raw (sensor_msgs/Image) or compressed (CompressedImage on '<image>/compressed').",
-       choices=("auto", "raw", "compressed"), config_field=False),
-    _p("reliability", "best_effort", "Live: input subscription reliability (sensor-data QoS, depth 1).",
-       choices=("best_effort", "reliable"), config_field=False),
-    _p("start_recording", True, "Live: record from start-up (false: wait for ~/recording true).", config_field=False),
-    # -- pipeline (PipelineConfig fields) -------------------------------------------------------------------
-    _p("model", "", f"DINOv2 hub id or local folder; '' = the bank's when appending, else {DEFAULT_MODEL}.",
-       none_if=""),
-    _p("input_height", 0, "Backbone input height in pixels; 0 = the bank's when appending, else 224.",
-       int_range=(0, 4096), none_if=0),
-    _p("device", _DEFAULTS.device, "auto (CUDA when available), cpu, cuda or cuda:N."),
-    _p("dtype", _DEFAULTS.dtype, "auto, float32, float16 or bfloat16.", choices=("auto", "float32", "float16", "bfloat16")),
-    _p("batch_size", _DEFAULTS.batch_size, "Offline: frames per forward pass.", int_range=(1, 1024)),
-    _p("num_threads", _DEFAULTS.num_threads, "torch/faiss CPU threads; 0 = the libraries' defaults.", int_range=(0, 1024)),
-    _p("mode", "patch", "Offline: patch bank or instance bank (OWLv2 + SAM 2); live recording makes patch banks.",
-       choices=("patch", "instance")),
-    _p("alpha", _DEFAULTS.alpha, "Threshold = alpha-quantile of leave-one-out nominal scores, in (0, 1).",
-       float_range=(0.0, 1.0)),
-    _p("calibration_window", _DEFAULTS.calibration_window, "Frames on each side of a nominal frame left out of its "
-       "leave-one-out search.", int_range=(0, 100000)),
-    _p("k", _DEFAULTS.k, "Nearest bank vectors averaged per patch.", int_range=(1, 1024)),
-    _p("calibration_level", _DEFAULTS.calibration_level, "patch or image.", choices=("patch", "image")),
-    _p("calibration_max_frames", _DEFAULTS.calibration_max_frames, "At most this many bank frames are scored.",
-       int_range=(1, 10**7)),
-    _p("score_smoothing_sigma", _DEFAULTS.score_smoothing_sigma, "Gaussian smoothing of patch scores (patches).",
-       float_range=(0.0, 100.0)),
-    _p("ignore_mask", "", "Image file whose non-zero pixels (e.g. the ego bonnet) are left out; '' = none.",
-       none_if=""),
-    _p("ignore_patch_fraction", _DEFAULTS.ignore_patch_fraction, "A patch is left out when more than this fraction "
-       "of it is masked.", float_range=(0.0, 1.0)),
-)
-SPECS_BY_NAME = {s.name: s for s in BUILDER_PARAMS}
-_BUILD_OPTION_PARAMS = ("topic", "start_s", "end_s", "fps", "coreset_fraction", "coreset_size", "coreset_seed",
-                        "stride", "min_interval_s", "dedup_similarity", "max_frames", "calibrate")
 
 
 @dataclass
@@ -163,7 +94,7 @@ class BankBuilderNode(Node):
             sources = []
         self.sources: list[str] = [str(s) for s in (sources or [])]
         self.offline = bool(self.sources)
-        self.summary: build.BuildSummary | None = None
+        self.summary: BuildSummary | None = None
         self._builder: Any = None
         self._lock = threading.Lock()  # the bank: worker adds vs. save
         self._worker = LatestFrameWorker("bank_builder_worker", lambda item: self.record_message(*item), self._frame_failed)
@@ -177,36 +108,32 @@ class BankBuilderNode(Node):
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
 
-    def _settings(self) -> tuple[PipelineConfig, build.BuildOptions]:
+    def _settings(self) -> tuple[PipelineConfig, BuildOptions]:
         output = str(self._param("output_bank")).strip()
         if not output:
             raise ConfigError("output_bank: not set; pass -p output_bank:=/path/to/bank")
         for spec in BUILDER_PARAMS:
             if spec.choices and self._param(spec.name) not in spec.choices:
                 raise ConfigError(f"{spec.name}: {self._param(spec.name)!r} is not one of {', '.join(spec.choices)}")
-        pipeline = {s.name: s.to_config(self._param(s.name)) for s in BUILDER_PARAMS if s.config_field}
-        raw = {name: self._param(name) for name in _BUILD_OPTION_PARAMS}
-        options = build._unset_to_none(raw, build._BUILD_UNSET)
-        options["coreset_seed"] = int(raw["coreset_seed"])
-        return build.resolve_settings(
+        pipeline = config_values(self._param, BUILDER_PARAMS)
+        options = {name: self._param(name) for name in BUILDER_BUILD_OPTIONS}
+        return resolve_build_settings(
             output, append=bool(self._param("append")), pipeline_overrides=pipeline, build_overrides=options,
         )
 
     # -- offline ------------------------------------------------------------------------------------------
-    def run_offline(self) -> build.BuildSummary:
+    def run_offline(self) -> BuildSummary:
         """Build from ``sources`` (the same pipeline as ``semanom-bank build``) and log the summary."""
         log = self.get_logger()
-        options = build.BuildOptions(**{**self.options.__dict__, "progress": False})
+        options = BuildOptions(**{**self.options.__dict__, "progress": False})
         log.info(f"building {self.output} from {len(self.sources)} source(s)")
-        self.summary = build.build_bank(self.sources, self.output, self.config, options, logger=log)
+        self.summary = build_bank(self.sources, self.output, self.config, options, logger=log)
         for line in self.summary.format_text().splitlines():
             log.info(line)
         return self.summary
 
     # -- live ---------------------------------------------------------------------------------------------
     def _start_live(self) -> None:
-        from semanom_ros.core.bank.builder import PatchBankBuilder
-
         if self.config.mode != "patch":
             raise ConfigError("mode: live recording makes patch banks; use mode patch (instance banks: build offline)")
         if self.options.coreset_requested:
@@ -227,15 +154,10 @@ class BankBuilderNode(Node):
         self._source = f"live {self._input_topic} {started}"
         self._worker.start()
         group = MutuallyExclusiveCallbackGroup()
-        qos = QoSProfile(
-            history=qos_profile_sensor_data.history,
-            depth=1,
-            reliability=ReliabilityPolicy.RELIABLE if self._param("reliability") == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT,
-            durability=qos_profile_sensor_data.durability,
+        self._subscription = self.create_subscription(
+            msg_type, self._input_topic, self._on_image, sensor_qos(str(self._param("reliability"))),
+            callback_group=group,
         )
-        self._subscription = self.create_subscription(msg_type, self._input_topic, self._on_image, qos,
-                                                      callback_group=group)
         services = MutuallyExclusiveCallbackGroup()
         self._save_srv = self.create_service(Trigger, "~/save", self._on_save, callback_group=services)
         self._recording_srv = self.create_service(SetBool, "~/recording", self._on_recording, callback_group=services)
@@ -260,7 +182,7 @@ class BankBuilderNode(Node):
 
     def _resolve_input(self) -> tuple[str, Any]:
         """(topic, message class) from ``image`` (after remapping) and ``input_type``."""
-        return ros_params.image_input(self.resolve_topic_name("image"), str(self._param("input_type")))
+        return image_input(self.resolve_topic_name("image"), str(self._param("input_type")))
 
     def _on_image(self, msg: Any) -> None:
         index = self.stats.received  # message ordinal on the topic (frame index in the bank)
@@ -345,7 +267,7 @@ class BankBuilderNode(Node):
             bank.calibration = None
             if calibrate:
                 try:
-                    cal = build.calibrate_bank(bank, self.config)
+                    cal = calibrate_bank(bank, self.config)
                     cal_note = f"threshold {cal['threshold']:.4f} at alpha {cal['alpha']}"
                 except (SemanomError, ValueError, IndexError) as exc:
                     if require_calibration:
@@ -356,7 +278,7 @@ class BankBuilderNode(Node):
                     cal_note = f"NOT calibrated ({exc}); run 'semanom-bank calibrate {self.output}'"
             bank.extra["builds"] = list(bank.extra.get("builds", [])) + [self._record()]
             try:
-                build.remove_stale_temp_dirs(self.output)
+                remove_stale_temp_dirs(self.output)
                 bank.save(self.output)
             except (OSError, SemanomError) as exc:
                 message = f"not saved: {exc}"

@@ -21,121 +21,39 @@ import gc
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
-from std_msgs.msg import Bool, Float32, Header
+from std_msgs.msg import Header
 
-from semanom_ros.core.bank import NominalBank
 from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import ConfigError, ImageError, SemanomError
 from semanom_ros.core.monitor import Monitor
 from semanom_ros.io.images import ImageDecodeError, decode_image
+from semanom_ros.io.messages import build_output_messages, output_message_types
+from semanom_ros.workflows.settings import config_from_bank
 
-from . import ros_params
-from .outputs import HAVE_VISION_MSGS, build_output_messages
-from .worker import LatestFrameSlot, LatestFrameWorker
+from .params import CONFIGURE, RUNTIME, SPECS_BY_NAME, check_choice, config_values, declare_all
+from .diagnostics import MonitorDiagnostics, MonitorStats
+from .image_input import image_input, sensor_qos
+from .worker import LatestFrameWorker
 
-__all__ = ["DEFAULT_NODE_NAME", "LatestFrameSlot", "MonitorNode", "MonitorStats", "main"]  # slot re-exported from .worker
+__all__ = ["DEFAULT_NODE_NAME", "MonitorNode", "main"]
 
 DEFAULT_NODE_NAME = "semanom_monitor"
-RECENT_ERROR_S = 10.0  # /diagnostics stays WARN this long after an error or a bad message
-NO_INPUT_WARN_S = 5.0  # ... and when an active node has received nothing for this long
-_LATENCY_WINDOW = 300  # frames behind the latency percentiles
-_RATE_WINDOW_S = 5.0
 WARMUP_SIZE = (720, 1280)  # (height, width) of the synthetic warm-up frames: a common camera size
-
-
-@dataclass
-class MonitorStats:
-    """Counters and recent timings behind /diagnostics (written by the callback and worker threads)."""
-
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0
-    bad_messages: int = 0
-    errors: int = 0
-    last_error: str = ""
-    last_error_time: float = 0.0  # time.monotonic()
-    last_received_time: float = 0.0
-    latencies_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
-    processing_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
-    done_times: deque = field(default_factory=lambda: deque(maxlen=1000))
-    # Per-frame stages (seconds): wait in the mailbox, decode, engine, overlay, build + publish.
-    stages_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record_frame(self, latency_s: float, processing_s: float, stages_s: dict[str, float] | None = None) -> None:
-        with self.lock:
-            self.processed += 1
-            self.latencies_s.append(latency_s)
-            self.processing_s.append(processing_s)
-            self.done_times.append(time.monotonic())
-            if stages_s:
-                self.stages_s.append(stages_s)
-
-    def stages_ms(self, q: float) -> str:
-        """'wait 3.1, decode 2.0, ...' : the q-th percentile of each stage over recent frames."""
-        with self.lock:
-            rows = list(self.stages_s)
-        if not rows:
-            return ""
-        return ", ".join(f"{k} {np.percentile([r[k] for r in rows], q) * 1e3:.1f}" for k in rows[-1])
-
-    def record_error(self, message: str, bad_message: bool) -> None:
-        with self.lock:
-            if bad_message:
-                self.bad_messages += 1
-            else:
-                self.errors += 1
-            self.last_error = message
-            self.last_error_time = time.monotonic()
-
-    def rate_hz(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        with self.lock:
-            recent = [t for t in self.done_times if now - t <= _RATE_WINDOW_S]
-        if len(recent) < 2 or recent[-1] <= recent[0]:
-            return 0.0
-        return (len(recent) - 1) / (recent[-1] - recent[0])
-
-    def latency_ms(self, q: float) -> float:
-        with self.lock:
-            values = list(self.latencies_s)
-        return float(np.percentile(values, q) * 1e3) if values else float("nan")
-
-    def processing_ms(self, q: float) -> float:
-        with self.lock:
-            values = list(self.processing_s)
-        return float(np.percentile(values, q) * 1e3) if values else float("nan")
-
-
-# Output key -> message type (keys are build_output_messages' keys and the topic names under ~/).
-_OUTPUT_TYPES: dict[str, Any] = {
-    "is_anomalous": Bool,
-    "score": Float32,
-    "score_map": Image,
-    "overlay": Image,
-    "instances/labels": Image,
-}
-if HAVE_VISION_MSGS:  # pragma: no cover - vision_msgs is not on PyPI
-    from vision_msgs.msg import Detection2DArray
-
-    _OUTPUT_TYPES["instances"] = Detection2DArray
 
 
 class MonitorNode(LifecycleNode):
@@ -143,11 +61,12 @@ class MonitorNode(LifecycleNode):
 
     def __init__(self, node_name: str = DEFAULT_NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        ros_params.declare_all(self)
+        declare_all(self)
         # Registered after declaring, so start-up values are checked by configure, not here.
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.stats = MonitorStats()
+        self._diagnostics = MonitorDiagnostics(self.stats)
         self._monitor: Monitor | None = None
         self._engine_lock = threading.Lock()  # the worker's frame vs. live parameter changes
         self._worker = LatestFrameWorker(
@@ -163,7 +82,6 @@ class MonitorNode(LifecycleNode):
         self._drop_warn_fraction = float(self._param("drop_warn_fraction"))
         self._sub_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
-        self._diag_prev = (0, 0)  # (received, dropped) at the previous diagnostics tick
         self._transition_error = ""  # why the last configure/activate failed ('' after a success)
 
         # /diagnostics from start-up on: a failed configure is visible there, not only in the log.
@@ -177,7 +95,7 @@ class MonitorNode(LifecycleNode):
         try:
             return self.get_parameter(name).value
         except ParameterUninitializedException:  # an empty string array is declared typed but unset
-            return ros_params.SPECS_BY_NAME[name].default
+            return SPECS_BY_NAME[name].default
 
     @property
     def monitor(self) -> Monitor | None:
@@ -199,7 +117,7 @@ class MonitorNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def build_config(self) -> tuple[PipelineConfig, Path]:
-        """PipelineConfig and bank directory from the parameters (model/input height default to the bank's)."""
+        """PipelineConfig and bank directory from the parameters (unset ones take the bank's settings)."""
         bank_path = str(self._param("bank_path")).strip()
         if not bank_path:
             raise ConfigError(
@@ -207,26 +125,16 @@ class MonitorNode(LifecycleNode):
                 "or set it in the parameter file"
             )
         bank_dir = Path(bank_path).expanduser()
-        values = ros_params.config_values(self._param)
+        values = config_values(self._param)
         for name in ("input_type", "reliability", *values):
-            reason = ros_params.check_choice(name, self._param(name))
+            reason = check_choice(name, self._param(name))
             if reason:
                 raise ConfigError(reason)
-        if values.get("model") is None or values.get("input_height") is None:
-            manifest = NominalBank.read_manifest(bank_dir)  # BankError when bank_dir is not a bank
-            recorded = manifest.get("model", {})
-            if values.get("model") is None:
-                values["model"] = recorded.get("model")
-            if values.get("input_height") is None:
-                values["input_height"] = int(recorded.get("input_height", 224))
-        try:
-            return PipelineConfig.from_dict(values), bank_dir
-        except TypeError as exc:  # a wrongly typed value that slipped past the descriptors
-            raise ConfigError(str(exc)) from None
+        return config_from_bank(bank_dir, values), bank_dir  # BankError when bank_dir is not a bank
 
     def _resolve_input(self) -> tuple[str, Any]:
         """(topic, message class) from ``image`` (after remapping) and ``input_type``."""
-        return ros_params.image_input(self.resolve_topic_name("image"), str(self._param("input_type")))
+        return image_input(self.resolve_topic_name("image"), str(self._param("input_type")))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -246,7 +154,7 @@ class MonitorNode(LifecycleNode):
         self._transition_error = ""
         self._device = str(monitor.extractor.device)
         reliable = ReliabilityPolicy.RELIABLE
-        for key, msg_type in _OUTPUT_TYPES.items():
+        for key, msg_type in output_message_types().items():
             # Outputs are reliable (RViz's Image display default); images keep only the newest one.
             depth = 1 if msg_type is Image else 5
             self._outputs[key] = self.create_lifecycle_publisher(
@@ -290,15 +198,9 @@ class MonitorNode(LifecycleNode):
         if ret != TransitionCallbackReturn.SUCCESS:
             return ret
         self._start_worker()
-        qos = QoSProfile(
-            history=qos_profile_sensor_data.history,
-            depth=1,
-            reliability=ReliabilityPolicy.RELIABLE if self._param("reliability") == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT,
-            durability=qos_profile_sensor_data.durability,
-        )
         self._subscription = self.create_subscription(
-            self._input_msg_type, self._input_topic, self._on_image, qos, callback_group=self._sub_group
+            self._input_msg_type, self._input_topic, self._on_image, sensor_qos(str(self._param("reliability"))),
+            callback_group=self._sub_group,
         )
         self.get_logger().info(f"active: listening on {self._input_topic}")
         return TransitionCallbackReturn.SUCCESS
@@ -412,14 +314,14 @@ class MonitorNode(LifecycleNode):
 
     # -- parameters ---------------------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in ros_params.SPECS_BY_NAME}
+        changes = {p.name: p.value for p in params if p.name in SPECS_BY_NAME}
         configured = self.lifecycle_state in ("inactive", "active")
         for name, value in changes.items():
-            spec = ros_params.SPECS_BY_NAME[name]
-            reason = ros_params.check_choice(name, value)
+            spec = SPECS_BY_NAME[name]
+            reason = check_choice(name, value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-            if spec.when == ros_params.CONFIGURE and configured:
+            if spec.when == CONFIGURE and configured:
                 return SetParametersResult(
                     successful=False,
                     reason=f"{name} is applied at configure (it reloads the model or the bank): deactivate and "
@@ -444,8 +346,8 @@ class MonitorNode(LifecycleNode):
         """Range checks the descriptors cannot express (e.g. alpha in the open interval (0, 1))."""
         fields = {}
         for name, value in changes.items():
-            spec = ros_params.SPECS_BY_NAME[name]
-            if spec.when == ros_params.RUNTIME and spec.config_field:
+            spec = SPECS_BY_NAME[name]
+            if spec.when == RUNTIME and spec.config_field:
                 fields[name] = spec.to_config(value)
         if fields:
             PipelineConfig().replace(**fields)
@@ -487,53 +389,10 @@ class MonitorNode(LifecycleNode):
 
     def diagnostic_status(self) -> DiagnosticStatus:
         """The node's DiagnosticStatus now (level, message, key/values)."""
-        now = time.monotonic()
-        s = self.stats
-        state = self.lifecycle_state
-        monitor = self._monitor
-        received, dropped = s.received, s.dropped
-        prev_received, prev_dropped = self._diag_prev
-        self._diag_prev = (received, dropped)
-        new_received = received - prev_received
-        drop_fraction = (dropped - prev_dropped) / new_received if new_received > 0 else 0.0
-        level, message = DiagnosticStatus.OK, state
-        recent_error = s.last_error and now - s.last_error_time < RECENT_ERROR_S
-        if state == "unconfigured" and self._transition_error:
-            level, message = DiagnosticStatus.ERROR, f"unconfigured: {self._transition_error}"
-        elif state == "active":
-            message = f"active: {s.rate_hz(now):.1f} Hz"
-            if recent_error:
-                level, message = DiagnosticStatus.WARN, f"active: {s.last_error}"
-            elif new_received > 0 and drop_fraction > self._drop_warn_fraction:
-                level, message = DiagnosticStatus.WARN, f"active: dropping {100 * drop_fraction:.0f} % of frames"
-            elif now - (s.last_received_time or now) > NO_INPUT_WARN_S or not s.received:
-                level, message = DiagnosticStatus.WARN, f"active: no frames on {self._input_topic}"
-        values = {
-            "state": state,
-            "input_topic": self._input_topic,
-            "rate_hz": f"{s.rate_hz(now):.2f}",
-            "latency_p50_ms": f"{s.latency_ms(50):.1f}",
-            "latency_p95_ms": f"{s.latency_ms(95):.1f}",
-            "processing_p50_ms": f"{s.processing_ms(50):.1f}",
-            "processing_p95_ms": f"{s.processing_ms(95):.1f}",
-            "stages_p50_ms": s.stages_ms(50),
-            "stages_p95_ms": s.stages_ms(95),
-            "frames_received": str(received),
-            "frames_processed": str(s.processed),
-            "frames_dropped": str(dropped),
-            "bad_messages": str(s.bad_messages),
-            "errors": str(s.errors),
-            "bank_vectors": str(len(monitor.bank)) if monitor is not None else "0",
-            "device": self._device,
-            "threshold": f"{monitor.threshold:.5f}" if monitor is not None else "-",
-            "last_error": s.last_error,
-        }
-        return DiagnosticStatus(
-            level=level,
-            name=f"semanom_monitor: {self.get_fully_qualified_name()}",
-            message=message,
-            hardware_id=self._device,
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        return self._diagnostics.status(
+            name=f"semanom_monitor: {self.get_fully_qualified_name()}", state=self.lifecycle_state,
+            transition_error=self._transition_error, input_topic=self._input_topic, device=self._device,
+            drop_warn_fraction=self._drop_warn_fraction, monitor=self._monitor,
         )
 
     def publish_diagnostics(self) -> None:

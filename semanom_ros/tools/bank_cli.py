@@ -153,8 +153,10 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]
     return {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
 
 
+# The workflows import torch: they are imported by the commands, so --help and usage errors stay instant.
 def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
-    from . import build
+    from semanom_ros.workflows.build_bank import build_bank
+    from semanom_ros.workflows.settings import resolve_build_settings
 
     pipeline = _overrides(
         args, ("model", "input_height", "device", "dtype", "batch_size", "num_threads", "mode", "ignore_mask",
@@ -167,11 +169,11 @@ def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
     if args.no_calibrate:
         options["calibrate"] = False
     options["progress"] = args.progress
-    config, opts = build.resolve_settings(
+    config, opts = resolve_build_settings(
         args.output, append=args.append, settings_file=args.config, pipeline_overrides=pipeline, build_overrides=options
     )
     with _Interruptible(args.output, log):
-        summary = build.build_bank(args.sources, args.output, config, opts, logger=log)
+        summary = build_bank(args.sources, args.output, config, opts, logger=log)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
@@ -180,12 +182,12 @@ def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace, log: logging.Logger) -> int:
-    from . import build
+    from semanom_ros.workflows.bank_ops import calibration_brief, recalibrate
 
     target = args.output or args.bank
     with _Interruptible(target, log):
-        bank, cal = build.recalibrate(args.bank, args.output, progress=args.progress, **_overrides(args, _CAL_FIELDS))
-    brief = build._calibration_brief(cal)
+        bank, cal = recalibrate(args.bank, args.output, progress=args.progress, **_overrides(args, _CAL_FIELDS))
+    brief = calibration_brief(cal)
     if args.json:
         print(json.dumps({"bank": str(Path(target).absolute()), "calibration": brief}, indent=2))
     else:
@@ -198,22 +200,21 @@ def cmd_calibrate(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def cmd_info(args: argparse.Namespace, log: logging.Logger) -> int:
     from semanom_ros.core.bank import NominalBank
-
-    from . import build
+    from semanom_ros.workflows.bank_ops import describe_bank
 
     if args.json:
         manifest = NominalBank.read_manifest(args.bank)
         print(json.dumps(manifest, indent=2))
     else:
-        print(build.describe_bank(args.bank))
+        print(describe_bank(args.bank))
     return 0
 
 
 def cmd_merge(args: argparse.Namespace, log: logging.Logger) -> int:
-    from . import build
+    from semanom_ros.workflows.bank_ops import calibration_brief, merge_banks
 
     with _Interruptible(args.output, log):
-        bank, cal = build.merge_banks(
+        bank, cal = merge_banks(
             args.banks, args.output, calibrate=not args.no_calibrate, progress=args.progress,
             **_overrides(args, _CAL_FIELDS),
         )
@@ -222,7 +223,7 @@ def cmd_merge(args: argparse.Namespace, log: logging.Logger) -> int:
         "merged": [str(Path(b).absolute()) for b in args.banks],
         "frames": bank.num_frames,
         "vectors": len(bank),
-        "calibration": build._calibration_brief(cal) if cal else None,
+        "calibration": calibration_brief(cal) if cal else None,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -235,16 +236,16 @@ def cmd_merge(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def cmd_coreset(args: argparse.Namespace, log: logging.Logger) -> int:
-    from . import build
+    from semanom_ros.workflows.bank_ops import calibration_brief, coreset_existing_bank
 
     with _Interruptible(args.output, log):
-        bank, result = build.coreset_existing_bank(
+        bank, result = coreset_existing_bank(
             args.bank, args.output, fraction=args.fraction, count=args.size, seed=args.seed,
             calibrate=not args.no_calibrate, progress=args.progress, **_overrides(args, _CAL_FIELDS),
         )
     info = dict(result.describe(), bank=str(Path(args.output).absolute()))
     if bank.calibration:
-        info["calibration"] = build._calibration_brief(bank.calibration)
+        info["calibration"] = calibration_brief(bank.calibration)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -263,7 +264,7 @@ class _Interruptible:
     """Turns Ctrl-C / SIGTERM during a command into a one-line report on the bank at ``output``."""
 
     def __init__(self, output: str | Path, log: logging.Logger) -> None:
-        from .build import bank_state
+        from semanom_ros.workflows.bank_ops import bank_state
 
         self.output = Path(output).expanduser().absolute()
         self.token = bank_state(self.output)
@@ -275,7 +276,7 @@ class _Interruptible:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
             return False
-        from .build import bank_unchanged_since
+        from semanom_ros.workflows.bank_ops import bank_unchanged_since
 
         if bank_unchanged_since(self.output, self.token):
             where = f"bank at {self.output} unchanged" if self.token is not None else f"no bank written at {self.output}"

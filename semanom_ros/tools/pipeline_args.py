@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from .eval_data import WarningSink
+from semanom_ros.workflows.eval_data import WarningSink
 
 
 def add_pipeline_overrides(parser: argparse.ArgumentParser, model_help: str = "model folder or hub id") -> None:

@@ -9,12 +9,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .evaluate import EvalRun
+from .report import EvalRun
 
 __all__ = ["PLOT_FILES", "render_markdown", "write_json", "write_outputs"]
 
@@ -214,7 +213,7 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _curves_data(run: "EvalRun") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _curves_data(run: EvalRun) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     y = np.array([r.label for r in run.records], np.int8)
     s = np.array([r.score for r in run.records], np.float64)
     masked = [r for r in run.records if r.has_mask]
@@ -229,7 +228,7 @@ def _two_classes(y: np.ndarray | None) -> bool:
     return y is not None and 0 < int(y.sum()) < y.size
 
 
-def plot_roc(report: dict[str, Any], run: "EvalRun", path: Path) -> None:
+def plot_roc(report: dict[str, Any], run: EvalRun, path: Path) -> None:
     from sklearn.metrics import roc_curve
 
     plt = _pyplot()
@@ -254,7 +253,7 @@ def plot_roc(report: dict[str, Any], run: "EvalRun", path: Path) -> None:
     plt.close(fig)
 
 
-def plot_pr(report: dict[str, Any], run: "EvalRun", path: Path) -> None:
+def plot_pr(report: dict[str, Any], run: EvalRun, path: Path) -> None:
     from sklearn.metrics import precision_recall_curve
 
     plt = _pyplot()
@@ -345,7 +344,7 @@ _CATEGORY_TITLES = {
 }
 
 
-def plot_examples(run: "EvalRun", path: Path, threshold: float) -> None:
+def plot_examples(run: EvalRun, path: Path, threshold: float) -> None:
     plt = _pyplot()
     cats = list(_CATEGORY_TITLES)
     n = max(1, max((len(run.examples.get(c, [])) for c in cats), default=1))
@@ -373,7 +372,7 @@ def plot_examples(run: "EvalRun", path: Path, threshold: float) -> None:
     plt.close(fig)
 
 
-def write_outputs(report: dict[str, Any], run: "EvalRun", output: Path, *, plots: bool = True) -> None:
+def write_outputs(report: dict[str, Any], run: EvalRun, output: Path, *, plots: bool = True) -> None:
     """report.json, report.md and (``plots``) the PNGs into ``output``; fills ``report['files']``."""
     output.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {"json": "report.json", "markdown": "report.md"}

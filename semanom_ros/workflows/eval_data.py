@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from semanom_ros.io.frames import IMAGE_EXTENSIONS, SkipStats, iter_bag_frames, iter_folder_frames, list_image_topics
+from semanom_ros.io.bags import iter_bag_frames, list_image_topics
+from semanom_ros.io.folders import image_files, iter_folder_frames
+from semanom_ros.io.frame_types import IMAGE_EXTENSIONS, SkipStats, natural_key
 
 __all__ = [
     "BagDataset",
@@ -124,12 +125,6 @@ def find_folder_layout(data: str | Path) -> FolderLayout:
     return FolderLayout(images, masks, labels)
 
 
-def _image_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
-    exts = {e.lower() for e in extensions}
-    # Same selection as io.frames.iter_folder_frames (dot files are OS droppings, not frames).
-    return [p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()]
-
-
 def _parse_label(value: str, where: str) -> int:
     text = (value or "").strip().lower()
     if text in _TRUE:
@@ -186,7 +181,7 @@ class FolderDataset:
             raise EvalDataError(f"image folder {self.images} does not exist or is not a directory")
         if self.masks is not None and not self.masks.is_dir():
             raise EvalDataError(f"mask folder {self.masks} does not exist or is not a directory")
-        files = _image_files(self.images, IMAGE_EXTENSIONS)
+        files = image_files(self.images, IMAGE_EXTENSIONS)
         if not files:
             raise EvalDataError(f"image folder {self.images} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
         by_stem: dict[str, Path] = {}
@@ -199,7 +194,7 @@ class FolderDataset:
             by_stem[p.stem] = p
         mask_files = {}
         if self.masks is not None:
-            for p in sorted(_image_files(self.masks, MASK_EXTENSIONS), key=lambda q: MASK_EXTENSIONS.index(q.suffix.lower())):
+            for p in sorted(image_files(self.masks, MASK_EXTENSIONS), key=lambda q: MASK_EXTENSIONS.index(q.suffix.lower())):
                 mask_files.setdefault(p.stem, p)
             if not mask_files:
                 self.sink.warning(f"mask folder {self.masks} holds no {'/'.join(MASK_EXTENSIONS)} files; no pixel metrics")
@@ -217,7 +212,7 @@ class FolderDataset:
 
         self.items: list[tuple[Path, _LabelRow | None, Path | None]] = []
         unlabelled = []
-        for stem in sorted(by_stem, key=_natural_key):
+        for stem in sorted(by_stem, key=natural_key):
             row, mask = rows.get(stem), mask_files.get(stem)
             if row is None and mask is None:
                 unlabelled.append(by_stem[stem].name)
@@ -375,10 +370,6 @@ class FolderDataset:
                 f"{len(marked)} frame(s) labelled nominal in {self.labels_path} have anomalous pixels in their mask in "
                 f"{self.masks} ({_names(marked)}): image metrics follow the label, pixel metrics the mask"
             )
-
-
-def _natural_key(name: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 # --------------------------------------------------------------------------- bags

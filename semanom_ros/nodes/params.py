@@ -1,10 +1,12 @@
-"""The monitor node's ROS parameters: one table of specs, descriptors built from it, PipelineConfig filled from it.
+"""The nodes' ROS parameters: one table of specs per node, descriptors built from it, PipelineConfig
+values read from it.
 
-Every parameter is either ``runtime`` (validated and applied live by the set-parameters callback)
-or ``configure`` (read at the configure transition; changing it while the node is configured is
-rejected with a reason, because it needs the model or the bank to be reloaded: cleanup, set it,
-configure again). ROS parameters cannot be None, so optional PipelineConfig fields use a
-sentinel (``""``, ``0`` or a negative number) documented in each description.
+Every monitor parameter is either ``runtime`` (validated and applied live by the set-parameters
+callback) or ``configure`` (read at the configure transition; changing it while the node is
+configured is rejected with a reason, because it needs the model or the bank to be reloaded:
+cleanup, set it, configure again). ROS parameters cannot be None, so optional settings use the
+"unset" markers of :data:`semanom_ros.workflows.settings.UNSET_MARKERS` (``""``, ``0`` or a
+negative number), documented in each description; unset values take the bank's setting.
 """
 from __future__ import annotations
 
@@ -13,11 +15,15 @@ from typing import Any, Iterable
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
-from semanom_ros.core.config import PipelineConfig
+from semanom_ros.core.config import DEFAULT_MODEL, PipelineConfig
+from semanom_ros.workflows.settings import BUILD_KEYS, is_unset
 
 __all__ = [
     "RUNTIME",
     "CONFIGURE",
+    "BUILDER_BUILD_OPTIONS",
+    "BUILDER_PARAMS",
+    "BUILDER_SPECS_BY_NAME",
     "ParamSpec",
     "MONITOR_PARAMS",
     "SPECS_BY_NAME",
@@ -29,7 +35,6 @@ __all__ = [
 
 RUNTIME = "runtime"
 CONFIGURE = "configure"
-_NOT_OPTIONAL = object()
 _DEFAULTS = PipelineConfig()
 
 
@@ -45,17 +50,12 @@ class ParamSpec:
     int_range: tuple[int, int] | None = None
     choices: tuple[str, ...] = ()
     config_field: bool = True  # a PipelineConfig field of the same name
-    none_if: Any = _NOT_OPTIONAL  # ROS value that stands for None in PipelineConfig ("" / 0 / "negative")
 
     def to_config(self, value: Any) -> Any:
-        """The PipelineConfig value for a ROS parameter value (sentinels -> None)."""
+        """The PipelineConfig value for a ROS parameter value (None when it is the "unset" marker)."""
         if isinstance(self.default, list):  # string arrays (declared unset when empty: ROS cannot type [])
             return [str(v) for v in (value or [])]
-        if self.none_if is _NOT_OPTIONAL:
-            return value
-        if self.none_if == "negative":
-            return None if float(value) < 0 else float(value)
-        return None if value == self.none_if else value
+        return None if is_unset(self.name, value) else value
 
 
 def _pipeline(name: str, description: str, **kw: Any) -> ParamSpec:
@@ -91,11 +91,11 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               "with false, drive the node with 'ros2 lifecycle set').", config_field=False),
     # -- backbone (must match the bank) -------------------------------------------------------------------
     _pipeline("model", "DINOv2 hub id or local folder; '' = the model recorded in the bank's manifest.",
-              default="", none_if=""),
+              default=""),
     _pipeline("input_height", "Backbone input height in pixels (multiple of the patch size); 0 = the "
-              "bank's.", default=0, int_range=(0, 4096), none_if=0),
-    _pipeline("max_input_width", "Cap on the resized width in pixels; 0 = no cap.", default=0,
-              int_range=(0, 16384), none_if=0),
+              "bank's.", default=0, int_range=(0, 4096)),
+    _pipeline("max_input_width", "Cap on the resized width in pixels; 0 = the bank's (no cap when it has "
+              "none).", default=0, int_range=(0, 16384)),
     _pipeline("device", "auto (CUDA when available), cpu, cuda or cuda:N."),
     _pipeline("dtype", "auto (fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.",
               choices=("auto", "float32", "float16", "bfloat16")),
@@ -118,11 +118,11 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               "frame's highest score).", choices=("patch", "image")),
     _pipeline("threshold", "Anomaly threshold on patch scores (1 - cosine similarity), in [0, 2]; negative "
               "(-1) = the bank's calibrated threshold at alpha.", default=-1.0, when=RUNTIME,
-              float_range=(-1.0, 2.0), none_if="negative"),
+              float_range=(-1.0, 2.0)),
     _pipeline("min_component_area_px", "Above-threshold regions smaller than this many pixels are ignored.",
               when=RUNTIME, int_range=(0, 10**9)),
-    _pipeline("ignore_mask", "Image file (non-zero = ignore), e.g. the ego vehicle's hood; '' = none.",
-              default="", none_if=""),
+    _pipeline("ignore_mask", "Image file (non-zero = ignore), e.g. the ego vehicle's hood; '' = the bank's "
+              "(the mask it was built with; none when it has none).", default=""),
     _pipeline("ignore_patch_fraction", "A patch is ignored when more than this fraction of it is masked.",
               float_range=(0.0, 1.0)),
     _pipeline("overlay_alpha", "Opacity of the heat map on ~/overlay.", when=RUNTIME, float_range=(0.0, 1.0)),
@@ -133,9 +133,10 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
     # -- instance / combined mode (OWLv2 + SAM 2) --------------------------------------------------------------
     _pipeline("mode", "patch, instance or combined (see the README's instance mode).",
               choices=("patch", "instance", "combined")),
-    _pipeline("instance_bank", "combined mode: the instance bank directory; '' = none.", default="", none_if=""),
+    _pipeline("instance_bank", "combined mode: the instance bank directory; '' = the bank's setting "
+              "(none for a patch bank).", default=""),
     _pipeline("instance_threshold", "combined mode: instance threshold; negative = the instance bank's.",
-              default=-1.0, float_range=(-1.0, 2.0), none_if="negative"),
+              default=-1.0, float_range=(-1.0, 2.0)),
     _pipeline("detector_model", "OWLv2 hub id or folder."),
     _pipeline("detector_queries", "Comma-separated OWLv2 text queries; '' = class-agnostic proposals.",
               default=""),
@@ -165,6 +166,74 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
 )
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in MONITOR_PARAMS}
+
+
+def _p(name: str, default: Any, description: str, **kw: Any) -> ParamSpec:
+    return ParamSpec(name, default, description, **kw)
+
+
+# bank_builder_node: "" / 0 / negative mean "unset" where a description says so (UNSET_MARKERS).
+BUILDER_PARAMS: tuple[ParamSpec, ...] = (
+    _p("output_bank", "", "Bank directory to write (atomically). Required.", config_field=False),
+    _p("append", False, "Add to the existing bank at output_bank (same model and input size, else an error).",
+       config_field=False),
+    # -- offline build (sources set) ---------------------------------------------------------------------
+    _p("topic", "", "Offline: image topic in the bags; '' = the Image/CompressedImage topic with the most messages.",
+       config_field=False),
+    _p("start_s", -1.0, "Offline: first receive time, seconds from the bag's start (or a Unix time >= 1e9); "
+       "negative = from the start.", config_field=False),
+    _p("end_s", -1.0, "Offline: end of the time range (exclusive), same units; negative = to the end.",
+       config_field=False),
+    _p("fps", 10.0, "Offline, image folders: frame rate for time stamps.", float_range=(0.001, 10000.0),
+       config_field=False),
+    _p("coreset_fraction", 0.0, "Greedy k-center coreset keeping this fraction (0, 1] of the vectors; 0 = off.",
+       float_range=(0.0, 1.0), config_field=False),
+    _p("coreset_size", 0, "Greedy k-center coreset of this many vectors; 0 = off.", int_range=(0, 2**31 - 1),
+       config_field=False),
+    _p("coreset_seed", 0, "Seed of the coreset's first centre and random projection.", config_field=False),
+    # -- frame selection (both modes) ----------------------------------------------------------------------
+    _p("stride", 1, "Keep every n-th frame.", int_range=(1, 1_000_000), config_field=False),
+    _p("min_interval_s", 0.0, "Drop a frame stamped sooner than this after the previous kept one (seconds).",
+       float_range=(0.0, 3600.0), config_field=False),
+    _p("dedup_similarity", 0.0, "Skip a frame whose CLS cosine similarity to the last kept frame is >= this "
+       "(e.g. 0.98); 0 = off.", float_range=(0.0, 1.0), config_field=False),
+    _p("max_frames", 0, "At most this many frames go into the bank (per build / recording); 0 = no limit.",
+       int_range=(0, 2**31 - 1), config_field=False),
+    _p("calibrate", True, "Calibrate the threshold when saving (leave-one-out).", config_field=False),
+    # -- live recording ----------------------------------------------------------------------------------
+    _p("input_type", "auto", "Live: auto (CompressedImage when the resolved 'image' topic ends in /compressed), "
+       "raw (sensor_msgs/Image) or compressed (CompressedImage on '<image>/compressed').",
+       choices=("auto", "raw", "compressed"), config_field=False),
+    _p("reliability", "best_effort", "Live: input subscription reliability (sensor-data QoS, depth 1).",
+       choices=("best_effort", "reliable"), config_field=False),
+    _p("start_recording", True, "Live: record from start-up (false: wait for ~/recording true).", config_field=False),
+    # -- pipeline (PipelineConfig fields) -------------------------------------------------------------------
+    _p("model", "", f"DINOv2 hub id or local folder; '' = the bank's when appending, else {DEFAULT_MODEL}."),
+    _p("input_height", 0, "Backbone input height in pixels; 0 = the bank's when appending, else 224.",
+       int_range=(0, 4096)),
+    _p("device", _DEFAULTS.device, "auto (CUDA when available), cpu, cuda or cuda:N."),
+    _p("dtype", _DEFAULTS.dtype, "auto, float32, float16 or bfloat16.", choices=("auto", "float32", "float16", "bfloat16")),
+    _p("batch_size", _DEFAULTS.batch_size, "Offline: frames per forward pass.", int_range=(1, 1024)),
+    _p("num_threads", _DEFAULTS.num_threads, "torch/faiss CPU threads; 0 = the libraries' defaults.", int_range=(0, 1024)),
+    _p("mode", "patch", "Offline: patch bank or instance bank (OWLv2 + SAM 2); live recording makes patch banks.",
+       choices=("patch", "instance")),
+    _p("alpha", _DEFAULTS.alpha, "Threshold = alpha-quantile of leave-one-out nominal scores, in (0, 1).",
+       float_range=(0.0, 1.0)),
+    _p("calibration_window", _DEFAULTS.calibration_window, "Frames on each side of a nominal frame left out of its "
+       "leave-one-out search.", int_range=(0, 100000)),
+    _p("k", _DEFAULTS.k, "Nearest bank vectors averaged per patch.", int_range=(1, 1024)),
+    _p("calibration_level", _DEFAULTS.calibration_level, "patch or image.", choices=("patch", "image")),
+    _p("calibration_max_frames", _DEFAULTS.calibration_max_frames, "At most this many bank frames are scored.",
+       int_range=(1, 10**7)),
+    _p("score_smoothing_sigma", _DEFAULTS.score_smoothing_sigma, "Gaussian smoothing of patch scores (patches).",
+       float_range=(0.0, 100.0)),
+    _p("ignore_mask", "", "Image file whose non-zero pixels (e.g. the ego bonnet) are left out; '' = none."),
+    _p("ignore_patch_fraction", _DEFAULTS.ignore_patch_fraction, "A patch is left out when more than this fraction "
+       "of it is masked.", float_range=(0.0, 1.0)),
+)
+BUILDER_SPECS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in BUILDER_PARAMS}
+# bank_builder_node parameters that are BuildOptions fields (the others are node-only or PipelineConfig fields).
+BUILDER_BUILD_OPTIONS: tuple[str, ...] = tuple(s.name for s in BUILDER_PARAMS if s.name in BUILD_KEYS)
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -216,17 +285,3 @@ def check_choice(name: str, value: Any) -> str | None:
 def config_values(get: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> dict[str, Any]:
     """PipelineConfig keyword values from parameter values; ``get(name)`` returns a parameter's value."""
     return {spec.name: spec.to_config(get(spec.name)) for spec in specs if spec.config_field}
-
-
-def image_input(resolved_topic: str, input_type: str) -> tuple[str, Any]:
-    """(topic, message class) a node subscribes to, from its resolved ``image`` topic and ``input_type``
-    (auto: compressed when the topic ends in /compressed)."""
-    from sensor_msgs.msg import CompressedImage, Image
-
-    kind = "compressed" if input_type == "auto" and resolved_topic.endswith("/compressed") else input_type
-    if kind == "compressed":
-        # image_transport publishes CompressedImage on '<base>/compressed'.
-        topic = resolved_topic if resolved_topic.endswith("/compressed") else resolved_topic.rstrip("/") + "/compressed"
-        return topic, CompressedImage
-    return resolved_topic, Image
-

@@ -14,8 +14,8 @@ from std_msgs.msg import Bool, Float32, Header  # noqa: E402
 
 from semanom_ros.core.maps import render_overlay, threshold_components  # noqa: E402
 from semanom_ros.core.result import AnomalyResult  # noqa: E402
-from semanom_ros.nodes import outputs  # noqa: E402
-from semanom_ros.nodes.outputs import build_output_messages, detection_regions  # noqa: E402
+from semanom_ros.io import messages  # noqa: E402
+from semanom_ros.io.messages import build_output_messages, detection_regions  # noqa: E402
 
 H, W = 48, 80
 
@@ -54,7 +54,7 @@ def test_keys_types_encodings_and_header():
     header = _header()
     msgs = build_output_messages(result, rgb, header, overlay_bgr=overlay)
     expected = {"is_anomalous", "score", "score_map", "overlay", "instances/labels"}
-    if outputs.HAVE_VISION_MSGS:
+    if messages.HAVE_VISION_MSGS:
         expected.add("instances")
     assert set(msgs) == expected
     assert isinstance(msgs["is_anomalous"], Bool) and msgs["is_anomalous"].data is True
@@ -114,11 +114,11 @@ def test_detection_regions_link_to_label_values():
 
 def test_detections_need_vision_msgs():
     result, rgb = _result()
-    if outputs.HAVE_VISION_MSGS:
+    if messages.HAVE_VISION_MSGS:
         det = build_output_messages(result, rgb, _header())["instances"]
         assert len(det.detections) == 2 and det.detections[0].id == "1"
         assert det.header.frame_id == "camera_optical"
     else:
         assert "instances" not in build_output_messages(result, rgb, _header())
         with pytest.raises(ImportError, match="vision_msgs"):
-            outputs.build_detections(result, _header())
+            messages.build_detections(result, _header())

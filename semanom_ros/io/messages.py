@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from semanom_ros.core.result import AnomalyResult
-from semanom_ros.io.images import encode_image
 
-__all__ = ["OUTPUT_KEYS", "HAVE_VISION_MSGS", "build_output_messages", "build_detections"]
+from .images import encode_image
+
+__all__ = ["OUTPUT_KEYS", "HAVE_VISION_MSGS", "build_output_messages", "build_detections", "output_message_types"]
 
 # Every key build_output_messages can return, in publishing order (stamped images first).
 OUTPUT_KEYS: tuple[str, ...] = ("score_map", "overlay", "instances/labels", "instances", "score", "is_anomalous")
@@ -42,6 +43,23 @@ try:  # vision_msgs is not on PyPI; it exists in a sourced ROS 2 install (ros-<d
 except ImportError:  # pragma: no cover - depends on the ROS install
     Detection2D = Detection2DArray = ObjectHypothesisWithPose = None
     HAVE_VISION_MSGS = False
+
+
+def output_message_types() -> dict[str, Any]:
+    """Message class of every key :func:`build_output_messages` can return here (for publishers)."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Bool, Float32
+
+    types: dict[str, Any] = {
+        "is_anomalous": Bool,
+        "score": Float32,
+        "score_map": Image,
+        "overlay": Image,
+        "instances/labels": Image,
+    }
+    if HAVE_VISION_MSGS:  # pragma: no cover - vision_msgs is not on PyPI
+        types["instances"] = Detection2DArray
+    return types
 
 
 def build_output_messages(

@@ -1,0 +1,154 @@
+"""What the monitor node reports on /diagnostics: counters and recent timings written by the callback
+and worker threads (:class:`MonitorStats`), and the DiagnosticStatus made of them
+(:class:`MonitorDiagnostics`: OK / WARN / ERROR with rate, latency, drops, bank size, device, last error)."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+from semanom_ros.core.monitor import Monitor
+
+__all__ = ["MonitorDiagnostics", "MonitorStats", "NO_INPUT_WARN_S", "RECENT_ERROR_S"]
+
+RECENT_ERROR_S = 10.0  # /diagnostics stays WARN this long after an error or a bad message
+NO_INPUT_WARN_S = 5.0  # ... and when an active node has received nothing for this long
+_LATENCY_WINDOW = 300  # frames behind the latency percentiles
+_RATE_WINDOW_S = 5.0
+
+
+@dataclass
+class MonitorStats:
+    """Counters and recent timings behind /diagnostics (written by the callback and worker threads)."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    bad_messages: int = 0
+    errors: int = 0
+    last_error: str = ""
+    last_error_time: float = 0.0  # time.monotonic()
+    last_received_time: float = 0.0
+    latencies_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    processing_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    done_times: deque = field(default_factory=lambda: deque(maxlen=1000))
+    # Per-frame stages (seconds): wait in the mailbox, decode, engine, overlay, build + publish.
+    stages_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_frame(self, latency_s: float, processing_s: float, stages_s: dict[str, float] | None = None) -> None:
+        with self.lock:
+            self.processed += 1
+            self.latencies_s.append(latency_s)
+            self.processing_s.append(processing_s)
+            self.done_times.append(time.monotonic())
+            if stages_s:
+                self.stages_s.append(stages_s)
+
+    def stages_ms(self, q: float) -> str:
+        """'wait 3.1, decode 2.0, ...' : the q-th percentile of each stage over recent frames."""
+        with self.lock:
+            rows = list(self.stages_s)
+        if not rows:
+            return ""
+        return ", ".join(f"{k} {np.percentile([r[k] for r in rows], q) * 1e3:.1f}" for k in rows[-1])
+
+    def record_error(self, message: str, bad_message: bool) -> None:
+        with self.lock:
+            if bad_message:
+                self.bad_messages += 1
+            else:
+                self.errors += 1
+            self.last_error = message
+            self.last_error_time = time.monotonic()
+
+    def rate_hz(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            recent = [t for t in self.done_times if now - t <= _RATE_WINDOW_S]
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 0.0
+        return (len(recent) - 1) / (recent[-1] - recent[0])
+
+    def latency_ms(self, q: float) -> float:
+        with self.lock:
+            values = list(self.latencies_s)
+        return float(np.percentile(values, q) * 1e3) if values else float("nan")
+
+    def processing_ms(self, q: float) -> float:
+        with self.lock:
+            values = list(self.processing_s)
+        return float(np.percentile(values, q) * 1e3) if values else float("nan")
+
+
+class MonitorDiagnostics:
+    """The DiagnosticStatus of a monitor node from its :class:`MonitorStats`; the drop fraction is over
+    the frames received since the previous status."""
+
+    def __init__(self, stats: MonitorStats) -> None:
+        self.stats = stats
+        self._prev = (0, 0)  # (received, dropped) at the previous status
+
+    def status(
+        self,
+        *,
+        name: str,
+        state: str,
+        transition_error: str,
+        input_topic: str,
+        device: str,
+        drop_warn_fraction: float,
+        monitor: Monitor | None,
+    ) -> DiagnosticStatus:
+        """The node's DiagnosticStatus now (level, message, key/values); ``state`` is the lifecycle state,
+        ``transition_error`` why the last configure/activate failed ('' after a success)."""
+        now = time.monotonic()
+        s = self.stats
+        received, dropped = s.received, s.dropped
+        prev_received, prev_dropped = self._prev
+        self._prev = (received, dropped)
+        new_received = received - prev_received
+        drop_fraction = (dropped - prev_dropped) / new_received if new_received > 0 else 0.0
+        level, message = DiagnosticStatus.OK, state
+        recent_error = s.last_error and now - s.last_error_time < RECENT_ERROR_S
+        if state == "unconfigured" and transition_error:
+            level, message = DiagnosticStatus.ERROR, f"unconfigured: {transition_error}"
+        elif state == "active":
+            message = f"active: {s.rate_hz(now):.1f} Hz"
+            if recent_error:
+                level, message = DiagnosticStatus.WARN, f"active: {s.last_error}"
+            elif new_received > 0 and drop_fraction > drop_warn_fraction:
+                level, message = DiagnosticStatus.WARN, f"active: dropping {100 * drop_fraction:.0f} % of frames"
+            elif now - (s.last_received_time or now) > NO_INPUT_WARN_S or not s.received:
+                level, message = DiagnosticStatus.WARN, f"active: no frames on {input_topic}"
+        values = {
+            "state": state,
+            "input_topic": input_topic,
+            "rate_hz": f"{s.rate_hz(now):.2f}",
+            "latency_p50_ms": f"{s.latency_ms(50):.1f}",
+            "latency_p95_ms": f"{s.latency_ms(95):.1f}",
+            "processing_p50_ms": f"{s.processing_ms(50):.1f}",
+            "processing_p95_ms": f"{s.processing_ms(95):.1f}",
+            "stages_p50_ms": s.stages_ms(50),
+            "stages_p95_ms": s.stages_ms(95),
+            "frames_received": str(received),
+            "frames_processed": str(s.processed),
+            "frames_dropped": str(dropped),
+            "bad_messages": str(s.bad_messages),
+            "errors": str(s.errors),
+            "bank_vectors": str(len(monitor.bank)) if monitor is not None else "0",
+            "device": device,
+            "threshold": f"{monitor.threshold:.5f}" if monitor is not None else "-",
+            "last_error": s.last_error,
+        }
+        return DiagnosticStatus(
+            level=level,
+            name=name,
+            message=message,
+            hardware_id=device,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )

@@ -1,0 +1,335 @@
+"""Bank maintenance shared by ``semanom-bank`` and ``bank_builder_node``: calibrate, merge, coreset and
+describe banks, and write them safely (output checks, stale temporary directories of killed saves,
+a token to tell whether a bank changed). Every write is :meth:`NominalBank.save`'s atomic swap.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from semanom_ros.core.bank import MANIFEST, NominalBank
+from semanom_ros.core.config import PipelineConfig
+from semanom_ros.core.coreset import calibrate_coreset, coreset_bank
+from semanom_ros.core.errors import SemanomError
+from semanom_ros.core.scoring import calibrate_bank as calibrate_with_config
+
+from .errors import BuildError
+from .settings import config_from_bank
+
+__all__ = [
+    "bank_state",
+    "bank_unchanged_since",
+    "calibrate_bank",
+    "calibrate_coreset_bank",
+    "calibrate_progress",
+    "calibration_brief",
+    "check_output",
+    "coreset_existing_bank",
+    "describe_bank",
+    "directory_size",
+    "format_bytes",
+    "format_span",
+    "format_stamp",
+    "merge_banks",
+    "progress_bar",
+    "progress_enabled",
+    "recalibrate",
+    "remove_stale_temp_dirs",
+]
+
+def calibration_brief(cal: dict[str, Any]) -> dict[str, Any]:
+    keys = ("threshold", "alpha", "level", "k", "window", "frames_scored", "patches_scored", "queries", "unit")
+    return {k: cal[k] for k in keys if k in cal}
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def format_stamp(ns: int | None) -> str:
+    if not ns:
+        return "-"
+    t = _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d} UTC"
+
+
+def format_span(first: int | None, last: int | None) -> str:
+    if not first:
+        return ""
+    return f", {format_stamp(first)} + {((last or first) - first) / 1e9:.2f} s"
+
+
+def directory_size(path: str | Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) if path.is_dir() else 0
+
+
+def progress_enabled(flag: bool | None) -> bool:
+    if flag is not None:
+        return bool(flag)
+    return sys.stderr.isatty()
+
+
+def progress_bar(enabled: bool, **kw: Any):
+    from tqdm import tqdm
+
+    return tqdm(disable=not enabled, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def remove_stale_temp_dirs(output: str | Path) -> int:
+    """Delete temporary directories that a killed save of ``output`` left behind; returns how many.
+
+    :meth:`NominalBank.save` writes ``.<name>.tmp-<pid>-<ns>`` beside the bank; one whose process
+    is gone is garbage (the bank itself was never touched).
+    """
+    output = Path(output).expanduser().absolute()
+    removed = 0
+    if not output.parent.is_dir():
+        return 0
+    for cand in output.parent.glob(f".{output.name}.tmp-*"):
+        try:
+            pid = int(cand.name[len(f".{output.name}.tmp-"):].split("-")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        shutil.rmtree(cand, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output(output: Path, append: bool) -> None:
+    if append:
+        if not (output / MANIFEST).is_file():
+            raise BuildError(f"--append: there is no bank at {output} to append to (drop --append to create one)")
+        return
+    if output.exists():
+        if output.is_file():
+            raise BuildError(f"output {output} is a file; give a directory path for the bank")
+        is_bank = (output / MANIFEST).is_file()
+        if not is_bank and any(output.iterdir()):
+            # The save swaps the directory in: never replace something that is not a bank.
+            raise BuildError(f"output {output} is a non-empty directory that is not a bank; choose another path")
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise BuildError(f"output {output}: no permission to write in {parent}")
+
+
+def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress: Any = None) -> dict[str, Any]:
+    """Leave-one-out calibration with the settings of ``config`` (patch or instance bank)."""
+    cal = calibrate_with_config(bank, config, progress)
+    # The manifest's configuration says how the bank was calibrated (tools read it back).
+    for name in ("alpha", "k", "calibration_window", "calibration_level", "calibration_max_frames", "score_smoothing_sigma"):
+        bank.config[name] = getattr(config, name)
+    return cal
+
+
+def calibrate_coreset_bank(coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress: Any = None) -> None:
+    """Calibrate a coreset against the frames of the ``full`` bank it was taken from (an unbiased threshold)."""
+    calibrate_coreset(coreset, full, config, progress)
+    for name in ("alpha", "k", "calibration_window", "calibration_level"):
+        coreset.config[name] = getattr(config, name)
+
+
+def calibrate_progress(enabled: bool) -> Callable[[Iterable[Any]], Iterable[Any]] | None:
+    if not enabled:
+        return None
+    return lambda ids: progress_bar(True, iterable=ids, desc="calibrating", unit="frame")
+
+
+def _state_token(output: Path) -> Any:
+    try:
+        manifest = NominalBank.read_manifest(output)
+    except SemanomError:
+        return None
+    return manifest.get("saved_unix_ns"), manifest.get("num_vectors")
+
+
+def bank_unchanged_since(output: str | Path, token: Any) -> bool:
+    """True when the bank at ``output`` is the one ``token`` (from :func:`bank_state`) described."""
+    return _state_token(Path(output).expanduser().absolute()) == token
+
+
+def bank_state(output: str | Path) -> Any:
+    """An opaque token of the bank now at ``output`` (None when there is none)."""
+    return _state_token(Path(output).expanduser().absolute())
+
+
+def recalibrate(
+    path: str | Path, output: str | Path | None = None, *, progress: bool | None = None, **overrides: Any
+) -> tuple[NominalBank, dict[str, Any]]:
+    """Recompute the threshold of the bank at ``path`` (settings: the bank's, then ``overrides``)."""
+    bank = NominalBank.load(path)
+    config = config_from_bank(bank, overrides)
+    cal = calibrate_bank(bank, config, calibrate_progress(progress_enabled(progress)))
+    if bank.extra.get("coreset"):
+        cal["queries"] = "the coreset's own vectors (biased high; calibrate before subsampling for an unbiased threshold)"
+    target = Path(output if output is not None else path).expanduser().absolute()
+    if output is not None:
+        check_output(target, append=False)
+    remove_stale_temp_dirs(target)
+    bank.save(target)
+    return bank, cal
+
+
+def merge_banks(
+    paths: Sequence[str | Path],
+    output: str | Path,
+    *,
+    calibrate: bool = True,
+    progress: bool | None = None,
+    **overrides: Any,
+) -> tuple[NominalBank, dict[str, Any] | None]:
+    """Join banks of one model (BankMismatchError otherwise) into ``output``; recalibrates by default."""
+    if len(paths) < 2:
+        raise BuildError("merge needs at least two banks")
+    banks = [NominalBank.load(p) for p in paths]
+    merged = NominalBank(banks[0].signature, kind=banks[0].kind, config=banks[0].config)
+    merged.extra = {k: v for k, v in banks[0].extra.items() if k not in ("builds", "coreset")}
+    builds: list[Any] = []
+    for path, bank in zip(paths, banks):
+        try:
+            merged.merge(bank)
+        except SemanomError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+        if bank.kind == "instance":
+            theirs, ours = bank.extra.get("instance"), banks[0].extra.get("instance")
+            if theirs != ours:
+                raise BuildError(f"{path}: instance bank built with another detector/segmenter setup than {paths[0]}")
+        builds += list(bank.extra.get("builds", []))
+    merged.extra["builds"] = builds
+    merged.extra["merged_from"] = [str(Path(p).expanduser().absolute()) for p in paths]
+    if any(b.extra.get("coreset") for b in banks):
+        merged.extra["coreset"] = {"merged": [b.extra.get("coreset") for b in banks]}
+    cal = None
+    if calibrate:
+        config = config_from_bank(merged, overrides)
+        cal = calibrate_bank(merged, config, calibrate_progress(progress_enabled(progress)))
+    target = Path(output).expanduser().absolute()
+    if target.exists() and not (target / MANIFEST).is_file():
+        check_output(target, append=False)
+    remove_stale_temp_dirs(target)
+    merged.save(target)
+    return merged, cal
+
+
+def coreset_existing_bank(
+    path: str | Path,
+    output: str | Path,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    calibrate: bool = True,
+    progress: bool | None = None,
+    **overrides: Any,
+) -> tuple[NominalBank, Any]:
+    """Greedy k-center coreset of the bank at ``path`` saved to ``output``; calibrated against the full frames."""
+    full = NominalBank.load(path)
+    show = progress_enabled(progress)
+    with progress_bar(show, total=None, desc="coreset", unit="vec") as bar:
+        result = coreset_bank(full, fraction=fraction, count=count, seed=seed, progress=bar.update)
+    if calibrate:
+        calibrate_coreset_bank(result.bank, full, config_from_bank(full, overrides), calibrate_progress(show))
+    target = Path(output).expanduser().absolute()
+    if target.exists() and not (target / MANIFEST).is_file():
+        check_output(target, append=False)
+    remove_stale_temp_dirs(target)
+    result.bank.save(target)
+    return result.bank, result
+
+
+def describe_bank(path: str | Path) -> str:
+    """Human-readable manifest: model, sizes, sources with time ranges, threshold and alpha."""
+    path = Path(path).expanduser()
+    m = NominalBank.read_manifest(path)
+    if m.get("format") != "semanom_ros.bank":
+        raise BuildError(f"{path / MANIFEST} is not a semanom_ros bank manifest")
+    model = m.get("model", {})
+    files = m.get("files", {})
+    size = sum(int(f.get("bytes", 0)) for f in files.values()) + (path / MANIFEST).stat().st_size
+    lines = [
+        f"bank         {path.absolute()}  ({m.get('kind', 'patch')} bank, format {m.get('format_version')})",
+        f"model        {model.get('model')}  (weights {model.get('fingerprint')}, dim {model.get('dim')}, "
+        f"patch {model.get('patch_size')})",
+        f"input        height {model.get('input_height')} px",
+        f"size         {m.get('num_vectors')} vectors ({m.get('embedding_dtype', 'float16')}), {m.get('num_frames')} frames, "
+        f"{format_bytes(size)} on disk",
+    ]
+    sources = m.get("sources", [])
+    lines.append(f"sources      {len(sources)}")
+    for s in sources:
+        first, last = s.get("first_stamp_ns"), s.get("last_stamp_ns")
+        if s.get("topic") or (first or 0) >= 10**18:  # clock times (bags, live topics)
+            span = format_span(first, last).lstrip(", ")
+        else:  # image folders: stamps are file index / fps
+            span = f"{((last or 0) - (first or 0)) / 1e9:.2f} s" if first else ""
+        lines.append(
+            f"  {s.get('name')}" + (f"  {s.get('topic')}" if s.get("topic") else "")
+            + f"  {s.get('frames')} frames" + (f"  {span}" if span else "")
+        )
+    cal = m.get("calibration")
+    if cal:
+        lines.append(
+            f"calibration  threshold {cal.get('threshold', float('nan')):.5f} at alpha {cal.get('alpha')} "
+            f"({cal.get('level')} level, k {cal.get('k')}, window {cal.get('window')}, "
+            f"{cal.get('frames_scored')} frames scored)"
+        )
+        key = "patch_scores" if cal.get("level", "patch") == "patch" else "image_scores"
+        q = (cal.get(key) or {}).get("quantiles", {})
+        if q:
+            lines.append(
+                f"             {key.replace('_', ' ')}: median {q.get('0.5', float('nan')):.4f}, "
+                f"p99 {q.get('0.99', float('nan')):.4f}, max {(cal.get(key) or {}).get('max', float('nan')):.4f}"
+            )
+        if cal.get("queries"):
+            lines.append(f"             queries: {cal['queries']}")
+    else:
+        lines.append("calibration  none (run 'semanom-bank calibrate')")
+    extra = m.get("extra") or {}
+    if extra.get("coreset"):
+        c = extra["coreset"]
+        if "to_vectors" in c:
+            lines.append(
+                f"coreset      {c['to_vectors']} of {c['from_vectors']} vectors ({100 * c['kept_fraction']:.1f} %, "
+                f"greedy k-center, seed {c.get('seed')})"
+            )
+        else:
+            lines.append("coreset      merged from coreset banks")
+    if extra.get("ignore_mask"):
+        im = extra["ignore_mask"]
+        lines.append(f"ignore mask  {im.get('path')} ({100 * im.get('ignored_fraction', 0):.1f} % of pixels)")
+    index = m.get("index")
+    if index:
+        lines.append(f"index        {index.get('type')}" + (f" (recall@1 {index['recall_at_1']:.3f})" if index.get("recall_at_1") else ""))
+    builds = extra.get("builds") or []
+    if builds:
+        lines.append(f"builds       {len(builds)}: " + ", ".join(
+            f"{b.get('time_utc')} +{b.get('frames_used')} frames" for b in builds[-5:]
+        ) + (" ..." if len(builds) > 5 else ""))
+    cfg = m.get("config") or {}
+    lines.append(
+        f"created      {format_stamp(m.get('created_unix_ns'))}, saved {format_stamp(m.get('saved_unix_ns'))}"
+        + (f"; pipeline k {cfg.get('k')}, min area {cfg.get('min_component_area_px')} px" if cfg else "")
+    )
+    return "\n".join(lines)

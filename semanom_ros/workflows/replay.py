@@ -1,0 +1,240 @@
+"""Replay: run the monitor over every frame of a bag, offline, and write a bag of its outputs.
+
+The output is a rosbag2 directory (MCAP storage) holding the input image messages copied
+through byte for byte and the monitor's topics under a namespace (default
+``/semanom_monitor``); the messages are the node's own
+(:func:`semanom_ros.io.messages.build_output_messages`) and carry the input header; they are
+written at the input message's bag timestamp. Every frame is processed (nothing is dropped,
+nothing depends on timing), so two replays of one bag are identical apart from wall-clock
+metadata.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semanom_ros.core import Monitor, PipelineConfig
+from semanom_ros.io.bags import iter_bag_frames, ros2_typestore
+from semanom_ros.io.frame_types import IMAGE_MSGTYPES, SkipStats
+
+from .eval_data import WarningSink
+
+__all__ = ["DEFAULT_NAMESPACE", "ReplayError", "ReplaySummary", "output_paths", "replay_bag", "ros_msgtype"]
+
+_log = logging.getLogger("semanom_ros.replay")
+
+DEFAULT_NAMESPACE = "/semanom_monitor"
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot be done as asked; the message says why and what would fix it."""
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay wrote: the output bag, the input topic and per-topic message counts."""
+
+    bag_dir: Path
+    mcap_file: Path
+    topic: str
+    input_messages: int = 0
+    frames: int = 0
+    anomalous: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def ros_msgtype(msg: Any) -> str:
+    """'std_msgs/msg/Bool' for an rclpy std_msgs.msg.Bool instance (the name rosbag2 records)."""
+    cls = type(msg)
+    package = cls.__module__.split(".")[0]
+    return f"{package}/msg/{cls.__name__}"
+
+
+def output_paths(output: str | Path) -> tuple[Path, Path]:
+    """(bag directory, .mcap file) for ``-o``: ``X.mcap`` and ``X`` both give ``X/X.mcap``."""
+    out = Path(output)
+    bag_dir = out.with_suffix("") if out.suffix.lower() == ".mcap" else out
+    return bag_dir, bag_dir / f"{bag_dir.name}.mcap"
+
+
+def _rclpy_header(header: Any) -> Any:
+    """rosbags std_msgs/Header -> rclpy std_msgs.msg.Header (same stamp and frame_id)."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    return Header(stamp=Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec)), frame_id=str(header.frame_id))
+
+
+def _canonical_cdr(raw: bytes, msgtype: str) -> bytes:
+    """The same message with zeroed CDR padding.
+
+    rclpy's serializer leaves alignment padding bytes uninitialised, so two serialisations of one
+    message can differ in those bytes; a round trip through rosbags' serializer zeroes them and
+    makes the output bag byte-for-byte reproducible (the message content is untouched).
+    """
+    typestore = ros2_typestore()
+    return bytes(typestore.serialize_cdr(typestore.deserialize_cdr(raw, msgtype), msgtype))
+
+
+def _storage_paths(bag: Path) -> list[Path]:
+    if bag.is_dir() and not (bag / "metadata.yaml").is_file():
+        files = sorted(p for p in bag.iterdir() if p.suffix.lower() in (".mcap", ".db3"))
+        if files:
+            return files
+    return [bag]
+
+
+def replay_bag(
+    bag: str | Path,
+    bank: str | Path,
+    output: str | Path,
+    config: PipelineConfig,
+    *,
+    topic: str | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    all_topics: bool = False,
+    overlay: bool = True,
+    max_frames: int | None = None,
+    overwrite: bool = False,
+    compress: bool = True,
+    progress: bool = True,
+    sink: WarningSink | None = None,
+    monitor: Monitor | None = None,
+) -> ReplaySummary:
+    """Process every frame of ``topic`` in ``bag`` and write the input and output topics to an MCAP bag."""
+    from rclpy.serialization import serialize_message
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+    from tqdm import tqdm
+
+    try:
+        from semanom_ros.io.messages import build_output_messages
+    except ImportError as exc:
+        raise ReplayError(
+            f"semanom_ros.io.messages is not importable ({exc}); the replay builds the node's messages with it"
+        ) from None
+
+    sink = sink or WarningSink()
+    bag = Path(bag)
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    bag_dir, mcap_file = output_paths(output)
+    if bag_dir.resolve() == bag.resolve() or bag.resolve() in bag_dir.resolve().parents:
+        raise ReplayError(f"output {bag_dir} would be inside the input bag {bag}; choose another -o")
+    if bag_dir.exists():
+        if not overwrite:
+            raise ReplayError(f"output {bag_dir} exists; remove it or pass --overwrite")
+        if not (bag_dir / "metadata.yaml").is_file() and any(bag_dir.iterdir()):
+            raise ReplayError(f"output {bag_dir} exists and is not a rosbag2 directory; not overwriting it")
+        shutil.rmtree(bag_dir)
+    bag_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    stats = SkipStats()
+    try:
+        frames = iter_bag_frames(bag, topic, max_frames=max_frames, stats=stats, logger=sink)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    first = next(frames, None)
+    if first is None:
+        raise ReplayError(f"bag {bag} gave no frames on {topic or 'its image topic'} ({stats.summary()})")
+    topic = str(first.topic)
+    monitor = monitor or Monitor(config, bank)
+    typestore = ros2_typestore()
+    summary = ReplaySummary(bag_dir=bag_dir, mcap_file=mcap_file, topic=topic)
+
+    def frame_stream():
+        yield first
+        yield from frames
+
+    frame_iter = frame_stream()
+    next_frame = next(frame_iter, None)
+    writer = Writer(bag_dir, version=8, storage_plugin=StoragePlugin.MCAP)
+    if compress:
+        # zstd MCAP chunks: score maps and label images are mostly smooth or empty (~5x smaller); Foxglove and
+        # the rosbag2 MCAP plugin read them transparently.
+        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    out_conns: dict[str, Any] = {}
+    unsupported: set[str] = set()
+    try:
+        reader = AnyReader(_storage_paths(bag), default_typestore=typestore)
+        reader.open()
+    except Exception as exc:  # noqa: BLE001 - rosbags raises many types; all mean "cannot open"
+        raise ReplayError(
+            f"cannot open bag {bag} to copy its messages ({exc}); a damaged MCAP file can be rebuilt with `mcap recover`"
+        ) from None
+    try:
+        with writer:
+            image_conns = [c for c in reader.connections if c.topic == topic and c.msgtype in IMAGE_MSGTYPES]
+            copy_conns = list(reader.connections) if all_topics else image_conns
+            in_conns: dict[int, Any] = {}
+            for conn in copy_conns:
+                kwargs: dict[str, Any] = {"serialization_format": conn.ext.serialization_format}
+                if conn.msgdef.data and conn.digest:
+                    kwargs.update(msgdef=conn.msgdef.data, rihs01=conn.digest)
+                else:
+                    kwargs["typestore"] = reader.typestore
+                in_conns[conn.id] = writer.add_connection(conn.topic, conn.msgtype, **kwargs)
+            total = sum(c.msgcount for c in image_conns)
+            if max_frames is not None:
+                total = min(total, int(max_frames))
+            image_ids = {c.id for c in image_conns}
+            ordinal = 0
+            bar = tqdm(total=total, desc="semanom-replay", unit="frame", disable=not progress, file=sys.stderr)
+            try:
+                for conn, timestamp, raw in reader.messages(connections=copy_conns):
+                    if conn.id not in image_ids:
+                        writer.write(in_conns[conn.id], timestamp, raw)
+                        continue
+                    index, ordinal = ordinal, ordinal + 1
+                    if max_frames is not None and next_frame is None and summary.frames >= max_frames:
+                        if not all_topics:
+                            break
+                        continue
+                    writer.write(in_conns[conn.id], timestamp, raw)
+                    summary.input_messages += 1
+                    if next_frame is None or next_frame.index != index:
+                        continue  # a message the frame reader skipped (decode error): copied, no outputs
+                    frame, next_frame = next_frame, next(frame_iter, None)
+                    input_msg = reader.deserialize(raw, conn.msgtype)
+                    stamp = int(input_msg.header.stamp.sec) * 1_000_000_000 + int(input_msg.header.stamp.nanosec)
+                    if frame.stamp_ns != (stamp or timestamp):
+                        raise ReplayError(
+                            f"{topic} message #{index}: decoded frame (stamp {frame.stamp_ns}) and copied message "
+                            f"(stamp {stamp or timestamp}) are out of step; please report this bag"
+                        )
+                    header = _rclpy_header(input_msg.header)
+                    result = monitor.process(frame.rgb)
+                    overlay_bgr = monitor.overlay(frame.rgb, result) if overlay else None
+                    messages = build_output_messages(result, frame.rgb, header, overlay_bgr=overlay_bgr)
+                    for key, msg in messages.items():
+                        name = f"{ns}/{key}"
+                        if name not in out_conns:
+                            msgtype = ros_msgtype(msg)
+                            if msgtype not in typestore.fielddefs:
+                                if name not in unsupported:
+                                    unsupported.add(name)
+                                    sink.warning(f"{name}: {msgtype} is unknown to rosbags' typestore; not written")
+                                continue
+                            out_conns[name] = writer.add_connection(name, msgtype, typestore=typestore)
+                        writer.write(out_conns[name], timestamp, _canonical_cdr(serialize_message(msg), ros_msgtype(msg)))
+                        summary.counts[name] = summary.counts.get(name, 0) + 1
+                    summary.frames += 1
+                    summary.anomalous += int(result.is_anomalous)
+                    bar.update(1)
+            finally:
+                bar.close()
+    except BaseException:
+        shutil.rmtree(bag_dir, ignore_errors=True)  # never leave half a bag behind
+        raise
+    finally:
+        reader.close()
+    summary.skipped = stats.summary()
+    summary.warnings = list(sink.messages)
+    if summary.frames == 0:
+        sink.warning(f"bag {bag}: no frame of {topic} was processed ({stats.summary()})")
+    return summary
