@@ -46,19 +46,6 @@ def test_config_rejects_bad_values_naming_the_field(changes, field):
         PipelineConfig(**changes).validate()
 
 
-def test_config_from_yaml_accepts_ros_parameter_files_and_rejects_typos(tmp_path):
-    good = tmp_path / "params.yaml"
-    good.write_text("monitor:\n  ros__parameters:\n    alpha: 0.95\n    k: 3\n")
-    cfg = PipelineConfig.from_yaml(good)
-    assert (cfg.alpha, cfg.k) == (0.95, 3)
-    bad = tmp_path / "typo.yaml"
-    bad.write_text("alpah: 0.9\n")
-    with pytest.raises(ConfigError, match="alpah"):
-        PipelineConfig.from_yaml(bad)
-    with pytest.raises(ConfigError, match="does not exist"):
-        PipelineConfig.from_yaml(tmp_path / "missing.yaml")
-
-
 # -- features --------------------------------------------------------------------------------
 def test_extractor_gives_unit_patch_grid_with_aspect_kept(tiny_model):
     ex = FeatureExtractor(tiny_model, input_height=56)

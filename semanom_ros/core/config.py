@@ -189,29 +189,6 @@ class PipelineConfig:
             raise ConfigError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
         return cls(**dict(values)).validate()
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
-        # Accept both a flat mapping and ROS parameter files (node: ros__parameters: {...}).
-        if len(data) == 1:
-            (only,) = data.values()
-            if isinstance(only, dict) and "ros__parameters" in only:
-                data = only["ros__parameters"]
-        try:
-            return cls.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes).validate()
 

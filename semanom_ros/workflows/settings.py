@@ -29,6 +29,7 @@ __all__ = [
     "UNSET_MARKERS",
     "absolute_paths",
     "config_from_bank",
+    "config_from_yaml",
     "is_unset",
     "read_parameter_file",
     "read_settings_file",
@@ -143,6 +144,14 @@ def read_parameter_file(path: str | Path) -> dict[str, Any]:
         if isinstance(only, dict) and "ros__parameters" in only:
             data = only["ros__parameters"] or {}
     return dict(data)
+
+
+def config_from_yaml(path: str | Path) -> PipelineConfig:
+    """A PipelineConfig from a YAML file (flat, or a ROS parameter file); unknown keys are an error."""
+    try:
+        return PipelineConfig.from_dict(read_parameter_file(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def read_settings_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
