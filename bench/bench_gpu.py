@@ -24,6 +24,7 @@ Each timing is the median of ``--iters`` calls after ``--warmup`` calls, synchro
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -304,7 +305,8 @@ def search_rows(dim: int, queries_per_frame: int, args, device: torch.device, re
             block = torch.randn(min(1 << 20, size - start), dim, device=device, generator=gen)
             vectors[start : start + len(block)] = F.normalize(block, dim=-1).to(storage)
         index = TorchExactIndex(vectors, device=device, dtype=storage)
-        times, _ = time_calls(lambda q: index.search_tensors(q, 1), [queries], args, device)
+        # partial, not a lambda: binds this size's index now (the loop deletes the name afterwards).
+        times, _ = time_calls(functools.partial(index.search_tensors, k=1), [queries], args, device)
         label = f"{queries_per_frame} queries x {dim}-d, k 1"
         note = f"torch exact, {dtype_name(storage)} on {device}, bank {index.nbytes / 2**30:.2f} GiB"
         report["rows"].append(row("search", "random unit vectors", label, size, times, {"search": times},

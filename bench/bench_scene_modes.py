@@ -16,7 +16,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np

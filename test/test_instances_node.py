@@ -7,7 +7,6 @@ import os
 import random
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 

@@ -102,7 +102,6 @@ class _RosbagsBag:
         return ros2_typestore().deserialize_cdr(raw, msgtype)
 
 
-
 # --------------------------------------------------------------------------- opening
 
 
@@ -253,8 +252,6 @@ def _header_stamp_ns(msg: Any) -> int:
         return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
     except AttributeError:
         return 0
-
-
 
 
 # --------------------------------------------------------------------------- bag frames

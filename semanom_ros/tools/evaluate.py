@@ -93,7 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def dataset_from_args(args: argparse.Namespace, sink: WarningSink) -> FolderDataset | BagDataset:
     bag = args.bag
     if args.data and not (args.images or args.bag):

@@ -34,6 +34,7 @@ __all__ = ["ExampleCollector", "evaluate_frames", "run_evaluation", "scene_modes
 
 _log = logging.getLogger("semanom_ros.eval")
 
+
 class ExampleCollector:
     """Keeps the overlays of the few frames examples.png shows, rendering only those that qualify."""
 
@@ -72,7 +73,6 @@ class ExampleCollector:
 
     def selected(self) -> dict[str, list[Example]]:
         return {c: [e[2] for e in sorted(h, key=lambda e: (-e[0], e[1]))] for c, h in self._heaps.items()}
-
 
 
 def evaluate_frames(
@@ -139,7 +139,6 @@ def evaluate_frames(
         wall_s=time.perf_counter() - t_start,
         pixel_stride=stride,
     )
-
 
 
 def _threshold_source(cfg: PipelineConfig) -> str:

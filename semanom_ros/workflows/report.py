@@ -108,7 +108,6 @@ class Example:
     thumbnail: np.ndarray  # RGB
 
 
-
 @dataclass
 class EvalRun:
     """Everything one pass over the frames keeps (what the report and the plots are made of)."""
@@ -120,7 +119,6 @@ class EvalRun:
     min_area_px: int
     wall_s: float
     pixel_stride: int
-
 
 
 # --------------------------------------------------------------------------- sweeps

@@ -162,5 +162,4 @@ def format_modes_table(modes: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-
 __all__ = ["DEFAULT_MODES", "evaluate_scene_modes", "format_modes_table"]

@@ -31,6 +31,7 @@ from .settings import BuildOptions
 
 __all__ = ["FramePrefetcher", "SourcePlan", "SourceSummary", "plan_sources"]
 
+
 @dataclass
 class SourceSummary:
     """One bag topic or image folder in a build."""

@@ -87,5 +87,4 @@ def build_instance_bank(
     return builder.bank
 
 
-
 __all__ = ["InstanceBankBuilder", "build_instance_bank"]

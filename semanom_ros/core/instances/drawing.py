@@ -31,5 +31,4 @@ def draw_instances(overlay_bgr: np.ndarray, instances: Sequence[Instance], thick
     return overlay_bgr
 
 
-
 __all__ = ["draw_instances"]

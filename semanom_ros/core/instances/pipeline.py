@@ -207,5 +207,4 @@ def check_instance_bank(bank: NominalBank, pipeline: InstancePipeline, where: st
         raise BankMismatchError("; ".join(problems) + ". Rebuild the instance bank or set the pipeline to match.")
 
 
-
 __all__ = ["DetectedInstances", "INSTANCE_BANK_KIND", "Instance", "InstancePipeline", "check_instance_bank"]

@@ -435,7 +435,6 @@ class SceneScorer:
         return s > self.threshold(method, alpha), s
 
 
-
 # -- engine integration ----------------------------------------------------------------------------
 class SceneBankBuilder(BankBuilder):
     """Streams nominal frames into a ``kind="global"`` bank: one global embedding per frame."""

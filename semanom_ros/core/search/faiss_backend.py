@@ -255,7 +255,6 @@ def tune_depth(
     return curve[-1][1], curve, probe.description
 
 
-
 def probe_recall(index: faiss.Index, probe: RecallProbe, truth: np.ndarray) -> float:
     """recall@1 of ``index`` at its current depth on ``probe`` (queries with no exact answer skipped)."""
     found = np.full(len(truth), -1, np.int64)
@@ -273,7 +272,6 @@ def probe_recall(index: faiss.Index, probe: RecallProbe, truth: np.ndarray) -> f
         if valid.any():
             recalls.append(float(np.mean(found[q0:q1][valid] == truth[q0:q1][valid])))
     return min(recalls) if recalls else 0.0
-
 
 
 def recall_at_1(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:

@@ -126,7 +126,6 @@ def default_nlist(num_vectors: int) -> int:
     return int(max(1, min(nlist, num_vectors // 39, 65536)))
 
 
-
 __all__ = [
     "APPROXIMATE_TYPES",
     "AUTO_CANDIDATES",
