@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Bank build: embedding throughput of the streaming pipeline vs the bare feature extractor, and peak
-memory for a 150-frame bag vs a 10x longer one.
+"""Bank build: embedding throughput, streaming pipeline vs bare feature extractor, and peak memory vs bag length.
+
+Peak memory is measured for a 150-frame bag and for a 10x longer one.
 
 Throughput (real DINOv2-S/14, ``--height``, the first ``--frames`` JPEG messages of the highway mcap
 bag): *bare* = ``FeatureExtractor.extract_batch`` in batches of 8 on frames decoded beforehand;
@@ -9,13 +10,14 @@ thread, embedding, near-duplicate check, adding to the bank), same loaded model,
 Rounds alternate (bare, pipeline, bare, ...) and the best of each is reported, since the cores are
 shared with other work. Target: pipeline >= 0.9 x bare.
 
-Memory (separate subprocesses, peak RSS = the kernel's VmHWM, reset after the model is loaded): a build from the real 150-frame bag and
-from a 1500-frame bag this script writes (the same 150 JPEGs ten times, new time stamps), at
-``--memory-height``; "stream + save" is ``semanom-bank build --no-calibrate``, "calibrate" the
-following ``semanom-bank calibrate`` (its flat index holds a float32 copy of the vectors). Growth =
-peak RSS minus the RSS after loading the model and one warm-up batch (the peak mark is reset there
-through /proc/self/clear_refs, so the transient peak of loading the weights does not hide the build). Target: the growth from 150 to
-1500 frames is less than the embeddings added (float32, as the model returns them).
+Memory (separate subprocesses, peak RSS = the kernel's VmHWM, reset after the model is loaded): a build
+from the real 150-frame bag and from a 1500-frame bag this script writes (the same 150 JPEGs ten times,
+new time stamps), at ``--memory-height``; "stream + save" is ``semanom-bank build --no-calibrate``,
+"calibrate" the following ``semanom-bank calibrate`` (its flat index holds a float32 copy of the
+vectors). Growth = peak RSS minus the RSS after loading the model and one warm-up batch (the peak mark
+is reset there through /proc/self/clear_refs, so the transient peak of loading the weights does not
+hide the build). Target: the growth from 150 to 1500 frames is less than the embeddings added
+(float32, as the model returns them).
 
     python bench/bench_bank_build.py --frames 64 --height 224 --memory-height 112
 """

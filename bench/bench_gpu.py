@@ -224,8 +224,10 @@ def bare_stage_times(bare: BarePipeline, frames: list, iters: int) -> dict[str, 
 
 # -- sections -----------------------------------------------------------------------------------
 def pipeline_rows(name: str, folder: Path, height: int, args, device: torch.device, report: dict) -> Monitor:
-    """Monitor and bare rows for one backbone and input height (and agreement rows for the first
-    backbone); returns the Monitor, whose extractor instance mode may reuse."""
+    """Monitor and bare rows for one backbone and input height (and agreement rows for the first backbone).
+
+    Returns the Monitor, whose extractor instance mode may reuse.
+    """
     config = PipelineConfig(model=str(folder), input_height=height, device=args.device, dtype=args.dtype,
                             index_type="flat", threshold=0.5, min_component_area_px=0)
     extractor = FeatureExtractor(config.model, height, config.device, config.dtype)
@@ -287,7 +289,7 @@ def agreement_rows(config, bank, monitor, bare, frames, label, device, report) -
 
 
 def search_rows(dim: int, queries_per_frame: int, args, device: torch.device, report: dict) -> None:
-    """TorchExactIndex alone on random unit vectors; faiss flat on the CPU at the smallest size."""
+    """Search rows: TorchExactIndex alone on random unit vectors; faiss flat on the CPU at the smallest size."""
     import faiss
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -328,8 +330,10 @@ def search_rows(dim: int, queries_per_frame: int, args, device: torch.device, re
 
 
 def instance_rows(folder: Path, patch_monitor: Monitor, args, device: torch.device, report: dict) -> None:
-    """Instance mode through Monitor (OWLv2 -> SAM 2 -> mask averaging -> instance bank search),
-    with the DINOv2 of ``patch_monitor``."""
+    """Instance mode through Monitor (OWLv2 -> SAM 2 -> mask averaging -> instance bank search).
+
+    Uses the DINOv2 of ``patch_monitor``.
+    """
     config, extractor = patch_monitor.config, patch_monitor.extractor
     try:
         owl, sam = save_instance_models(folder, args.small, device)

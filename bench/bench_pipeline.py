@@ -26,7 +26,7 @@ STAGES = ("decode", "preprocess", "forward", "search", "maps", "publish")
 
 
 def compressed_messages(limit: int) -> tuple[list, str]:
-    """CompressedImage messages from the highway bag (rosbags objects), or the JPEG files as a fallback."""
+    """The CompressedImage messages of the highway bag (rosbags objects), or the JPEG files as a fallback."""
     data = shared_dir() / "data" / "highway"
     try:
         from rosbags.highlevel import AnyReader

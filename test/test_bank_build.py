@@ -1,5 +1,7 @@
-"""The streaming bank build (semanom_ros.workflows.build_bank): counts, manifest contents, frame selection,
-append / merge behaviour, model mismatches, and data faults that are skipped instead of crashing.
+"""The streaming bank build (semanom_ros.workflows.build_bank).
+
+Counts, manifest contents, frame selection, append / merge behaviour, model mismatches, and data
+faults that are skipped instead of crashing.
 
 Real bags: ../shared/data/highway/bag_mcap and bag_sqlite3 (150 JPEG CompressedImage messages at
 25 fps, plus 20 rgb8 Image messages in the mcap bag). Everything else is written by the tests with
@@ -337,8 +339,11 @@ def test_stale_temp_dirs_of_dead_saves_are_removed(tmp_path):
 
 @pytest.mark.integration
 def test_real_weights_bank_from_the_highway_bag_separates_anomalies(shared, tmp_path):
-    """DINOv2-S/14 at input height 112 on every 2nd message of the real mcap bag; the bank then scores
-    the labelled highway test frames: anomalous frames score higher than nominal ones."""
+    """DINOv2-S/14 at input height 112 on every 2nd message of the real mcap bag.
+
+    The bank then scores the labelled highway test frames: anomalous frames score higher than
+    nominal ones.
+    """
     import csv
 
     from conftest import read_rgb

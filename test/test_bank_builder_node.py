@@ -1,6 +1,8 @@
-"""bank_builder_node over real DDS (localhost only, a random domain id in [101, 200]): live recording
-with the ~/save (Trigger) and ~/recording (SetBool) services, bad messages, saving on shutdown,
-appending, and the offline mode that runs the same build as semanom-bank."""
+"""The bank_builder_node over real DDS (localhost only, a random domain id in [101, 200]).
+
+Live recording with the ~/save (Trigger) and ~/recording (SetBool) services, bad messages, saving
+on shutdown, appending, and the offline mode that runs the same build as semanom-bank.
+"""
 from __future__ import annotations
 
 import itertools

@@ -1,5 +1,8 @@
-"""Greedy k-center coreset (semanom_ros.core.coreset): argument checks, covering quality, bank
-subsampling that keeps provenance, and calibration of a coreset against the full frames."""
+"""Greedy k-center coreset (semanom_ros.core.coreset).
+
+Argument checks, covering quality, bank subsampling that keeps provenance, and calibration of a
+coreset against the full frames.
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,8 @@
-"""OWLv2 box proposals and SAM 2 masks with tiny random-init checkpoints saved and reloaded through
-from_pretrained (no hub access), plus the pure box geometry (NMS, merging of duplicates)."""
+"""OWLv2 box proposals and SAM 2 masks, plus the pure box geometry (NMS, merging of duplicates).
+
+The models are tiny random-init checkpoints saved and reloaded through from_pretrained (no hub
+access).
+"""
 from __future__ import annotations
 
 import sys

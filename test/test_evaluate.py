@@ -1,5 +1,8 @@
-"""semanom-eval end to end: tiny random-init DINOv2 on synthetic folders and bags; one integration
-test with the real DINOv2-S/14 on ../shared/data/highway/test."""
+"""The semanom-eval tool end to end.
+
+Tiny random-init DINOv2 on synthetic folders and bags; one integration test with the real
+DINOv2-S/14 on ../shared/data/highway/test.
+"""
 from __future__ import annotations
 
 import csv

@@ -1,5 +1,8 @@
-"""Index strategies of the nominal bank: correctness of each type, auto selection, exclusion,
-manifest record, save/load round trip, and clear errors. Small synthetic data; no timing."""
+"""Index strategies of the nominal bank.
+
+Correctness of each type, auto selection, exclusion, manifest record, save/load round trip, and
+clear errors. Small synthetic data; no timing.
+"""
 from __future__ import annotations
 
 import json

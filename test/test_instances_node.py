@@ -1,6 +1,8 @@
-"""monitor_node in instance and combined mode over real DDS (localhost only, a random domain id in
-[201, 230]), with tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints: the instance outputs appear
-with the input frame's stamp, frame_id and size."""
+"""The monitor_node in instance and combined mode over real DDS (localhost only, domain id in [201, 230]).
+
+With tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints: the instance outputs appear with the
+input frame's stamp, frame_id and size.
+"""
 from __future__ import annotations
 
 import os

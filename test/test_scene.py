@@ -287,8 +287,11 @@ def test_scene_bank_and_scene_monitor_with_a_tiny_dinov2(tiny_model, tmp_path):
 
 @pytest.mark.integration
 def test_mean_patch_scene_check_on_real_highway_frames(highway_bank, shared):
-    """Real DINOv2-S/14: the scene model fitted from an existing patch bank's frame means ranks
-    anomalous highway frames above nominal ones (all 71 frames give AUROC 0.90, see the benchmark)."""
+    """Real DINOv2-S/14: the scene model fitted from an existing patch bank's frame means.
+
+    It ranks anomalous highway frames above nominal ones (all 71 frames give AUROC 0.90, see the
+    benchmark).
+    """
     import csv
 
     from conftest import read_rgb

@@ -197,7 +197,7 @@ class CoresetResult:
 
     @property
     def shrink_factor(self) -> float:
-        """from / to, e.g. 4.0 for a quarter of the vectors."""
+        """Reduction ratio, from / to, e.g. 4.0 for a quarter of the vectors."""
         return self.from_vectors / self.to_vectors if self.to_vectors else float("inf")
 
     def describe(self) -> dict[str, Any]:

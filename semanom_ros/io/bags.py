@@ -39,7 +39,7 @@ _TYPESTORE: Any = None
 
 
 def ros2_typestore() -> Any:
-    """rosbags typestore (ROS 2 Humble types) for bags without embedded definitions and for writing."""
+    """The rosbags typestore (ROS 2 Humble types) for bags without embedded definitions and for writing."""
     global _TYPESTORE  # noqa: PLW0603 - built once; get_typestore costs ~0.1 s
     if _TYPESTORE is None:
         from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
@@ -221,9 +221,11 @@ def _select_topic(
 
 
 def choose_image_topic(topics: Sequence[tuple[str, str, int]]) -> tuple[str, str, int] | None:
-    """(topic, msgtype, messages) a reader picks from ``list_image_topics`` rows when no topic is given:
-    the most messages; on a tie a raw Image beats .../compressed (lossless, no JPEG decode).
-    None when no image topic has a message."""
+    """(topic, msgtype, messages) a reader picks from ``list_image_topics`` rows when no topic is given.
+
+    The most messages; on a tie a raw Image beats .../compressed (lossless, no JPEG decode).
+    None when no image topic has a message.
+    """
     per_topic: dict[str, int] = {}
     types: dict[str, str] = {}
     for topic, msgtype, count in topics:

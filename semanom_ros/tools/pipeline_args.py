@@ -24,7 +24,7 @@ def add_pipeline_overrides(parser: argparse.ArgumentParser, model_help: str = "m
 
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """PipelineConfig fields set on the command line (unset flags left out)."""
+    """The PipelineConfig fields set on the command line (unset flags left out)."""
     overrides = {
         "model": args.model,
         "threshold": args.threshold,

@@ -419,8 +419,11 @@ def _range_from_mapping(entry: dict[str, Any], where: str) -> LabelRange:
 
 
 def read_bag_labels(path: str | Path) -> list[LabelRange]:
-    """Stamp ranges from a CSV (header start_ns,end_ns[,scenario] or start_s,end_s[,scenario]) or a YAML list
-    of such mappings (optionally under a ``ranges:`` key)."""
+    """Stamp ranges from a CSV or a YAML file.
+
+    CSV header start_ns,end_ns[,scenario] or start_s,end_s[,scenario]; YAML: a list of such mappings
+    (optionally under a ``ranges:`` key).
+    """
     path = Path(path)
     if not path.is_file():
         raise EvalDataError(f"labels file {path} does not exist")

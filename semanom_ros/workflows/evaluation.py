@@ -1,7 +1,8 @@
-"""Evaluation of a bank on labelled frames: every frame goes once through the same
-:class:`~semanom_ros.core.monitor.Monitor` the ROS node uses; the report, its sweeps and plots are
-made from what that pass keeps (:mod:`semanom_ros.workflows.report`,
-:mod:`semanom_ros.workflows.report_files`).
+"""Evaluation of a bank on labelled frames.
+
+Every frame goes once through the same :class:`~semanom_ros.core.monitor.Monitor` the ROS node
+uses; the report, its sweeps and plots are made from what that pass keeps
+(:mod:`semanom_ros.workflows.report`, :mod:`semanom_ros.workflows.report_files`).
 
 Output folder: ``report.json`` (keys documented in the README), ``report.md``, ``roc.png``,
 ``pr.png``, ``f1_vs_threshold.png``, ``min_area_sweep.png``, ``examples.png``.

@@ -1,6 +1,7 @@
-"""What an evaluation keeps of each frame (:class:`FrameRecord`, :class:`EvalRun`) and the figures made
-of it: image and pixel metrics overall and per group, the threshold / alpha / minimum-area sweeps
-and timings, as the JSON-ready report (:func:`build_report`; keys documented in the README).
+"""What an evaluation keeps of each frame (:class:`FrameRecord`, :class:`EvalRun`) and the figures made of it.
+
+Image and pixel metrics overall and per group, the threshold / alpha / minimum-area sweeps and
+timings, as the JSON-ready report (:func:`build_report`; keys documented in the README).
 
 The sweeps re-derive the maps from each frame's kept patch score grid with
 :mod:`semanom_ros.core.maps`, so they cost no second forward pass.
@@ -140,8 +141,10 @@ def sweep_operating_points(
     operating_min_area: int,
     stride: int,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Image decisions (and sampled-pixel IoU) for every threshold at the operating minimum area,
-    and for every minimum area at the operating threshold.
+    """Image decisions (and sampled-pixel IoU) over thresholds and over minimum areas.
+
+    For every threshold at the operating minimum area, and for every minimum area at the operating
+    threshold.
 
     Each frame's map is re-derived from its patch grid once (``upsample_scores``) and thresholded
     with the monitor's own ``threshold_components``, so the operating point reproduces the

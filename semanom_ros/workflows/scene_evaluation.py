@@ -1,5 +1,7 @@
-"""Scene-level modes side by side: image AUROC and scoring time of each global-embedding method
-next to the Monitor's patch modes, on frames whose features are already computed."""
+"""Scene-level modes side by side, on frames whose features are already computed.
+
+Image AUROC and scoring time of each global-embedding method next to the Monitor's patch modes.
+"""
 from __future__ import annotations
 
 import time

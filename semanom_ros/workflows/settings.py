@@ -126,8 +126,11 @@ NODE_ONLY_KEYS = frozenset({"output_bank", "sources", "input_type", "reliability
 
 
 def read_parameter_file(path: str | Path) -> dict[str, Any]:
-    """The settings of a YAML file: a flat mapping, or a ROS parameter file's
-    ``node: {ros__parameters: {...}}`` (e.g. ``config/bank_builder.yaml``)."""
+    """The settings of a YAML file.
+
+    A flat mapping, or a ROS parameter file's ``node: {ros__parameters: {...}}`` (e.g.
+    ``config/bank_builder.yaml``).
+    """
     import yaml
 
     path = Path(path).expanduser()
@@ -215,8 +218,9 @@ def resolve_build_settings(
     pipeline_overrides: Mapping[str, Any] | None = None,
     build_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[PipelineConfig, BuildOptions]:
-    """Settings of a bank build: defaults < the existing bank's (when appending) < the YAML file <
-    explicit values; unset values (:func:`is_unset`) in any layer leave the one below.
+    """Settings of a bank build: defaults < the existing bank's (when appending) < the YAML file < explicit values.
+
+    Unset values (:func:`is_unset`) in any layer leave the one below.
 
     Local model folders and the ignore mask become absolute paths, so the manifest stays valid
     from any working directory.

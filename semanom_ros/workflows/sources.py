@@ -1,5 +1,6 @@
-"""The sources of a bank build: which bags / image folders, which topic, which frames, and a reader
-thread that decodes the next frames while the model embeds the current batch.
+"""The sources of a bank build: which bags / image folders, which topic, which frames, and a reader thread.
+
+The reader thread decodes the next frames while the model embeds the current batch.
 
 Data faults never stop a build halfway: a bag that cannot be opened or lacks the topic is
 recorded in its :class:`SourceSummary` (``error``) and skipped; only a build with no usable

@@ -112,8 +112,11 @@ class InstancePipeline:
     def detect(
         self, rgb: np.ndarray, features: Features | None = None, ignore: np.ndarray | None = None
     ) -> DetectedInstances:
-        """Instances of one frame; ``features`` (DINOv2 of this frame) is computed when not given,
-        ``ignore`` (H, W) bool pixels are cut out of every mask before averaging."""
+        """Instances of one frame.
+
+        ``features`` (DINOv2 of this frame) is computed when not given, ``ignore`` (H, W) bool
+        pixels are cut out of every mask before averaging.
+        """
         validate_rgb(rgb, min_side=self.extractor.patch_size)
         size = (rgb.shape[0], rgb.shape[1])
         timings: dict[str, float] = {}

@@ -158,7 +158,7 @@ def build_index(
 def _build_fastest(
     vectors: np.ndarray, spec: IndexSpec, probe: RecallProbe | None
 ) -> tuple[faiss.Index, dict[str, Any]]:
-    """auto above the threshold: build, tune and time each candidate on one probe; keep the best."""
+    """Index type auto above the threshold: build, tune and time each candidate on one probe; keep the best."""
     t0 = time.perf_counter()
     probe = probe or RecallProbe.perturbed(vectors, spec.recall_queries, np.random.default_rng(spec.seed))
     if probe.truth is None:
@@ -420,8 +420,10 @@ def exact_search_excluding(
 
 
 def search_torch_tensor(index: faiss.Index, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Search a GPU index with queries already on the GPU (FeatureExtractor on_device): faiss's torch
-    bridge searches the tensor in place, so only the (n, k) answers cross to the host."""
+    """Search a GPU index with queries already on the GPU (FeatureExtractor on_device).
+
+    Faiss's torch bridge searches the tensor in place, so only the (n, k) answers cross to the host.
+    """
     import faiss.contrib.torch_utils  # noqa: F401  (heavy, needs torch: teaches faiss indexes to take tensors)
 
     sims, ids = index.search(queries.float().contiguous(), k)

@@ -108,8 +108,11 @@ class IndexSpec:
 
 
 def resolve_type(spec: IndexSpec, num_vectors: int) -> str:
-    """The index type for a bank of ``num_vectors``: the setting, ``flat`` for ``auto`` below the
-    threshold, else ``auto`` still (the candidates are compared by :func:`build_index`)."""
+    """The index type for a bank of ``num_vectors``.
+
+    The setting, ``flat`` for ``auto`` below the threshold, else ``auto`` still (the candidates are
+    compared by :func:`build_index`).
+    """
     if spec.type != "auto" or num_vectors < spec.auto_threshold:
         return "flat" if spec.type == "auto" else spec.type
     return "auto"
