@@ -117,7 +117,8 @@ class Probe:
         def arrived() -> bool:
             with self.lock:
                 stamped = all(
-                    any(m.header.stamp.sec == sec for m in self.received[k]) for k in ("score_map", "overlay", "instances/labels")
+                    any(m.header.stamp.sec == sec for m in self.received[k])
+                    for k in ("score_map", "overlay", "instances/labels")
                 )
                 return stamped and len(self.received["is_anomalous"]) > 0
         wait_until(arrived, timeout=30.0)

@@ -64,7 +64,8 @@ class ExampleCollector:
         overlay = cv2.cvtColor(monitor.overlay(frame.rgb, result), cv2.COLOR_BGR2RGB)
         h, w = overlay.shape[:2]
         if w > self.thumb_width:
-            overlay = cv2.resize(overlay, (self.thumb_width, round(h * self.thumb_width / w)), interpolation=cv2.INTER_AREA)
+            overlay = cv2.resize(overlay, (self.thumb_width, round(h * self.thumb_width / w)),
+                                 interpolation=cv2.INTER_AREA)
         item = Example(frame.name, float(result.score), frame.label, frame.group, overlay)
         entry = (key, next(self._seq), item)
         if len(heap) < self.n:
@@ -217,4 +218,6 @@ def scene_modes_report(monitor: Monitor, run: EvalRun, options: EvalOptions) -> 
         # Scoring time after the shared backbone forward, and the end-to-end figure with it.
         entry["scoring_ms_per_frame"] = entry.get("ms_per_frame")
         entry["median_ms_per_frame"] = feature_ms + float(entry.get("ms_per_frame") or 0.0)
-    return {f"scene/{name}" if not name.startswith("patch") else name: v for name, v in table.items() if name != "patch"}
+    return {
+        f"scene/{name}" if not name.startswith("patch") else name: v for name, v in table.items() if name != "patch"
+    }

@@ -189,10 +189,12 @@ def sweep_operating_points(
         return out
 
     threshold_rows = [
-        row({"threshold": t, "min_area_px": int(operating_min_area)}, t_dec[i], t_iou[i]) for i, t in enumerate(thresholds)
+        row({"threshold": t, "min_area_px": int(operating_min_area)}, t_dec[i], t_iou[i])
+        for i, t in enumerate(thresholds)
     ]
     area_rows = [
-        row({"threshold": float(operating_threshold), "min_area_px": a}, a_dec[i], a_iou[i]) for i, a in enumerate(min_areas)
+        row({"threshold": float(operating_threshold), "min_area_px": a}, a_dec[i], a_iou[i])
+        for i, a in enumerate(min_areas)
     ]
     return threshold_rows, area_rows
 
@@ -212,7 +214,9 @@ def _timings(run: EvalRun) -> dict[str, Any]:
         "median_ms_per_frame": median_or_none(totals),
         "p90_ms_per_frame": float(np.percentile(totals, 90)) if totals else None,
         "mean_ms_per_frame": float(np.mean(totals)) if totals else None,
-        "median_ms_by_stage": {s: median_or_none([r.timings_ms[s] for r in run.records if s in r.timings_ms]) for s in stages},
+        "median_ms_by_stage": {
+            s: median_or_none([r.timings_ms[s] for r in run.records if s in r.timings_ms]) for s in stages
+        },
         "wall_s": float(run.wall_s),
         "frames_per_s": len(totals) / run.wall_s if run.wall_s > 0 else None,
     }
@@ -307,7 +311,10 @@ def build_report(
             f"the sweeps re-derive decisions with the patch component rule (threshold + minimum area); this run "
             f"uses mode {mode!r} with image_decision {decision!r}, so sweep rows do not reproduce its decisions"
         )
-    thresholds = list(options.thresholds) if options.thresholds else _auto_thresholds(records, run.threshold, DEFAULT_THRESHOLD_STEPS)
+    thresholds = (
+        list(options.thresholds) if options.thresholds
+        else _auto_thresholds(records, run.threshold, DEFAULT_THRESHOLD_STEPS)
+    )
     alpha_rows_meta: list[tuple[float, float]] = []
     if calibration.get(f"{cfg.calibration_level}_scores", {}).get("table"):
         for a in sorted(set(options.alphas) | ({float(cfg.alpha)} if cfg.threshold is None else set())):

@@ -110,7 +110,9 @@ def evaluate_scene_modes(
             continue
         emb, _, method = mode.partition("_")
         if emb not in GLOBAL_EMBEDDINGS or method not in SCENE_METHODS:
-            raise ConfigError(f"mode {mode!r} is not 'patch', 'patch_majority' or '<cls|mean>_<{'|'.join(SCENE_METHODS)}>'")
+            raise ConfigError(
+                f"mode {mode!r} is not 'patch', 'patch_majority' or '<cls|mean>_<{'|'.join(SCENE_METHODS)}>'"
+            )
         if emb not in scorers:
             scorer = SceneScorer(method, emb, knnn_m, kmeans_k_range, hdbscan_min_cluster_size,
                                  knnn_exclude_window=knnn_exclude_window)

@@ -109,7 +109,9 @@ class BuildOptions:
         if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not float(self.fps) > 0:
             raise ConfigError(f"fps: {self.fps!r} must be > 0 (frames per second of an image folder)")
         if self.coreset_fraction is not None and self.coreset_size is not None:
-            raise ConfigError("coreset: give either a fraction (--coreset-fraction) or a size (--coreset-size), not both")
+            raise ConfigError(
+                "coreset: give either a fraction (--coreset-fraction) or a size (--coreset-size), not both"
+            )
         if self.coreset_fraction is not None or self.coreset_size is not None:
             coreset_target_size(1, self.coreset_fraction, self.coreset_size)  # argument checks only
         return self

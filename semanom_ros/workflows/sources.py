@@ -81,7 +81,9 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
     for given in sources:
         path = Path(given).expanduser()
         if not path.exists():
-            raise BuildError(f"source {str(given)!r} does not exist; pass rosbag2 bags (directory, .mcap or .db3) or image folders")
+            raise BuildError(
+                f"source {str(given)!r} does not exist; pass rosbag2 bags (directory, .mcap or .db3) or image folders"
+            )
         name = str(path.resolve())
         stats = SkipStats()
         if is_bag_path(path):
@@ -99,7 +101,8 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
                     bases = {t.removesuffix("/compressed") for t, _, c in topics if c}
                     if chosen is not None and len(bases) > 1:
                         logger.warning(
-                            f"Bag {name!r} has several image topics ({', '.join(f'{t} [{c} msgs]' for t, _, c in topics)}); "
+                            f"Bag {name!r} has several image topics "
+                            f"({', '.join(f'{t} [{c} msgs]' for t, _, c in topics)}); "
                             f"using {chosen[0]!r} (most messages); pass --topic to choose another"
                         )
                 start_ns = end_ns = None

@@ -23,8 +23,9 @@ the target (else the most accurate); the manifest records every candidate. Which
 how redundant the bank is: HNSW (M=16) was 3x faster on a synthetic bank with well separated
 re-drives, but on the real 448-high highway bank, where neighbouring patches are near copies, it
 could not pass recall 0.90 at any depth while IVF reached 0.99 in 161 ms. Building both costs
-~2.5 min at 1e6 vectors once; a saved bank keeps the chosen index on disk. For the approximate types ``nprobe`` / ``ef_search`` of 0 means "tune at build
-time": the smallest depth whose recall@1 against exact search reaches ``target_recall`` on a
+~2.5 min at 1e6 vectors once; a saved bank keeps the chosen index on disk. For the approximate types
+``nprobe`` / ``ef_search`` of 0 means "tune at build time": the smallest depth whose recall@1 against
+exact search reaches ``target_recall`` on a
 :class:`RecallProbe`. A bank probes with patches of its own frames, each searched with the
 frames around it (``calibration_window``) excluded, standing in for a new pass of the same road.
 On the real highway bank that probe was conservative at every HNSW depth (0.944 vs 0.969 for
