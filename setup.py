@@ -1,5 +1,7 @@
-"""ament_python package: `pip install .` or `colcon build` installs the library, the executables
-under lib/semanom_ros (where `ros2 run` and launch_ros look) and launch/config files under share/semanom_ros.
+"""The ament_python package semanom_ros.
+
+`pip install .` or `colcon build` installs the library, the executables under lib/semanom_ros (where
+`ros2 run` and launch_ros look) and launch/config files under share/semanom_ros.
 
 Where lib/semanom_ros/<executable> comes from:
   colcon build (setup.py install)     the console scripts themselves (setup.cfg: install_scripts)

@@ -118,7 +118,7 @@ def real_embeddings(cache: Path, input_height: int = 224, test_frames: int = 5) 
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """rows of dicts -> markdown table with (key, header) columns; None prints as '-'."""
+    """Rows of dicts -> markdown table with (key, header) columns; None prints as '-'."""
     def cell(v: Any) -> str:
         if v is None:
             return "-"

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Bank build: embedding throughput of the streaming pipeline vs the bare feature extractor, and peak
-memory for a 150-frame bag vs a 10x longer one.
+"""Bank build: embedding throughput, streaming pipeline vs bare feature extractor, and peak memory vs bag length.
+
+Peak memory is measured for a 150-frame bag and for a 10x longer one.
 
 Throughput (real DINOv2-S/14, ``--height``, the first ``--frames`` JPEG messages of the highway mcap
 bag): *bare* = ``FeatureExtractor.extract_batch`` in batches of 8 on frames decoded beforehand;
@@ -9,13 +10,14 @@ thread, embedding, near-duplicate check, adding to the bank), same loaded model,
 Rounds alternate (bare, pipeline, bare, ...) and the best of each is reported, since the cores are
 shared with other work. Target: pipeline >= 0.9 x bare.
 
-Memory (separate subprocesses, peak RSS = the kernel's VmHWM, reset after the model is loaded): a build from the real 150-frame bag and
-from a 1500-frame bag this script writes (the same 150 JPEGs ten times, new time stamps), at
-``--memory-height``; "stream + save" is ``semanom-bank build --no-calibrate``, "calibrate" the
-following ``semanom-bank calibrate`` (its flat index holds a float32 copy of the vectors). Growth =
-peak RSS minus the RSS after loading the model and one warm-up batch (the peak mark is reset there
-through /proc/self/clear_refs, so the transient peak of loading the weights does not hide the build). Target: the growth from 150 to
-1500 frames is less than the embeddings added (float32, as the model returns them).
+Memory (separate subprocesses, peak RSS = the kernel's VmHWM, reset after the model is loaded): a build
+from the real 150-frame bag and from a 1500-frame bag this script writes (the same 150 JPEGs ten times,
+new time stamps), at ``--memory-height``; "stream + save" is ``semanom-bank build --no-calibrate``,
+"calibrate" the following ``semanom-bank calibrate`` (its flat index holds a float32 copy of the
+vectors). Growth = peak RSS minus the RSS after loading the model and one warm-up batch (the peak mark
+is reset there through /proc/self/clear_refs, so the transient peak of loading the weights does not
+hide the build). Target: the growth from 150 to 1500 frames is less than the embeddings added
+(float32, as the model returns them).
 
     python bench/bench_bank_build.py --frames 64 --height 224 --memory-height 112
 """
@@ -171,7 +173,8 @@ def memory(height: int, repeat: int, calibrate: bool, threads: int) -> dict:
               f"in {time.perf_counter() - t0:.0f} s", flush=True)
         for name, bag in (("150 frames (real bag)", BAG), (f"{150 * repeat} frames (written)", long_bag)):
             cmd = [sys.executable, __file__, "--memory-child", str(bag), "--out", str(Path(tmp) / "bank"),
-                   "--memory-height", str(height), "--threads", str(threads)] + (["--with-calibration"] if calibrate else [])
+                   "--memory-height", str(height), "--threads", str(threads)]
+            cmd += ["--with-calibration"] if calibrate else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
@@ -221,14 +224,16 @@ def main() -> None:
         raise SystemExit(f"highway bag not found at {BAG}; set SEMANOM_SHARED")
     report: dict = {"machine": machine(), "threads": args.threads}
     if not args.skip_throughput:
-        print(f"== throughput: {args.frames} frames at input height {args.height}, batch {args.batch_size} ==", flush=True)
+        print(f"== throughput: {args.frames} frames at input height {args.height}, batch {args.batch_size} ==",
+              flush=True)
         t = throughput(args.frames, args.height, args.rounds, args.batch_size)
         report["throughput"] = t
         print(markdown_table(
             [{"what": "bare FeatureExtractor.extract_batch (frames decoded beforehand)", "fps": t["bare_fps"]},
              {"what": "build pipeline (read + decode + embed + add)", "fps": t["pipeline_fps"],
               "ratio": t["ratio"]},
-             {"what": "build pipeline incl. opening the bag and the atomic save", "fps": t["pipeline_incl_open_save_fps"],
+             {"what": "build pipeline incl. opening the bag and the atomic save",
+              "fps": t["pipeline_incl_open_save_fps"],
               "ratio": t["pipeline_incl_open_save_fps"] / t["bare_fps"]}],
             [("what", "what"), ("fps", "frames/s"), ("ratio", "x bare")],
         ))
@@ -244,10 +249,12 @@ def main() -> None:
         print(markdown_table(m["rows"], cols))
         d = m["delta"]
         print(
-            f"\n150 -> {150 * args.repeat} frames: peak grew {d['growth_stream_save_mb']:.0f} MB (stream + save) while the "
-            f"embeddings added are {d['emb_fp32_added_mb']:.0f} MB float32 / {d['emb_fp16_added_mb']:.0f} MB as the "
-            f"bank's float16 -> {'meets' if d['growth_stream_save_mb'] < d['emb_fp32_added_mb'] else 'misses'} the target"
-            + (f"; with calibration {d['growth_with_calibration_mb']:.0f} MB" if "growth_with_calibration_mb" in d else "")
+            f"\n150 -> {150 * args.repeat} frames: peak grew {d['growth_stream_save_mb']:.0f} MB (stream + save) "
+            f"while the embeddings added are {d['emb_fp32_added_mb']:.0f} MB float32 / "
+            f"{d['emb_fp16_added_mb']:.0f} MB as the bank's float16 -> "
+            f"{'meets' if d['growth_stream_save_mb'] < d['emb_fp32_added_mb'] else 'misses'} the target"
+            + (f"; with calibration {d['growth_with_calibration_mb']:.0f} MB"
+               if "growth_with_calibration_mb" in d else "")
         )
     path = save_json(args.out, "bank_build.json", report)
     print(f"\nresults: {path}")

@@ -62,7 +62,9 @@ def main() -> None:
     t0 = time.perf_counter()
     feats = []
     for i in range(0, len(rows), 8):
-        feats += extractor.extract_batch([read_rgb(data / "test" / "images" / f"{r['frame']}.jpg") for r in rows[i : i + 8]])
+        feats += extractor.extract_batch(
+            [read_rgb(data / "test" / "images" / f"{r['frame']}.jpg") for r in rows[i : i + 8]]
+        )
     print(f"{len(feats)} test frames embedded in {time.perf_counter() - t0:.0f} s", flush=True)
 
     def evaluate(bank) -> dict:
@@ -91,7 +93,8 @@ def main() -> None:
     t0 = time.perf_counter()
     order = greedy_k_center_order(full.vectors, target, seed=args.seed)
     greedy_s = time.perf_counter() - t0
-    print(f"greedy k-center: {target} picks in {greedy_s:.0f} s ({greedy_s / target * 1e3:.1f} ms per pick)", flush=True)
+    print(f"greedy k-center: {target} picks in {greedy_s:.0f} s ({greedy_s / target * 1e3:.1f} ms per pick)",
+          flush=True)
     for fraction in fractions:
         if fraction >= 1.0:
             continue

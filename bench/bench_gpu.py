@@ -24,6 +24,7 @@ Each timing is the median of ``--iters`` calls after ``--warmup`` calls, synchro
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -223,8 +224,10 @@ def bare_stage_times(bare: BarePipeline, frames: list, iters: int) -> dict[str, 
 
 # -- sections -----------------------------------------------------------------------------------
 def pipeline_rows(name: str, folder: Path, height: int, args, device: torch.device, report: dict) -> Monitor:
-    """Monitor and bare rows for one backbone and input height (and agreement rows for the first
-    backbone); returns the Monitor, whose extractor instance mode may reuse."""
+    """Monitor and bare rows for one backbone and input height (and agreement rows for the first backbone).
+
+    Returns the Monitor, whose extractor instance mode may reuse.
+    """
     config = PipelineConfig(model=str(folder), input_height=height, device=args.device, dtype=args.dtype,
                             index_type="flat", threshold=0.5, min_component_area_px=0)
     extractor = FeatureExtractor(config.model, height, config.device, config.dtype)
@@ -286,7 +289,7 @@ def agreement_rows(config, bank, monitor, bare, frames, label, device, report) -
 
 
 def search_rows(dim: int, queries_per_frame: int, args, device: torch.device, report: dict) -> None:
-    """TorchExactIndex alone on random unit vectors; faiss flat on the CPU at the smallest size."""
+    """Search rows: TorchExactIndex alone on random unit vectors; faiss flat on the CPU at the smallest size."""
     import faiss
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -304,7 +307,8 @@ def search_rows(dim: int, queries_per_frame: int, args, device: torch.device, re
             block = torch.randn(min(1 << 20, size - start), dim, device=device, generator=gen)
             vectors[start : start + len(block)] = F.normalize(block, dim=-1).to(storage)
         index = TorchExactIndex(vectors, device=device, dtype=storage)
-        times, _ = time_calls(lambda q: index.search_tensors(q, 1), [queries], args, device)
+        # partial, not a lambda: binds this size's index now (the loop deletes the name afterwards).
+        times, _ = time_calls(functools.partial(index.search_tensors, k=1), [queries], args, device)
         label = f"{queries_per_frame} queries x {dim}-d, k 1"
         note = f"torch exact, {dtype_name(storage)} on {device}, bank {index.nbytes / 2**30:.2f} GiB"
         report["rows"].append(row("search", "random unit vectors", label, size, times, {"search": times},
@@ -326,8 +330,10 @@ def search_rows(dim: int, queries_per_frame: int, args, device: torch.device, re
 
 
 def instance_rows(folder: Path, patch_monitor: Monitor, args, device: torch.device, report: dict) -> None:
-    """Instance mode through Monitor (OWLv2 -> SAM 2 -> mask averaging -> instance bank search),
-    with the DINOv2 of ``patch_monitor``."""
+    """Instance mode through Monitor (OWLv2 -> SAM 2 -> mask averaging -> instance bank search).
+
+    Uses the DINOv2 of ``patch_monitor``.
+    """
     config, extractor = patch_monitor.config, patch_monitor.extractor
     try:
         owl, sam = save_instance_models(folder, args.small, device)

@@ -137,12 +137,14 @@ def main() -> None:
     extractor = FeatureExtractor(str(dino_path), args.input_height, args.device, args.dtype)
     t_dino = time.perf_counter() - t
     t = time.perf_counter()
-    proposer = BoxProposer(str(owl_path), None, score_threshold=0.0, top_k=args.boxes, device=args.device, dtype=args.dtype)
+    proposer = BoxProposer(str(owl_path), None, score_threshold=0.0, top_k=args.boxes, device=args.device,
+                           dtype=args.dtype)
     t_owl = time.perf_counter() - t
     t = time.perf_counter()
     segmenter = Sam2Segmenter(str(sam_path), device=args.device, dtype=args.dtype)
     t_sam = time.perf_counter() - t
-    print(f"load (incl. weights fingerprint): DINOv2-S {t_dino:.1f} s, OWLv2-base {t_owl:.1f} s, SAM2.1-tiny {t_sam:.1f} s")
+    print(f"load (incl. weights fingerprint): DINOv2-S {t_dino:.1f} s, OWLv2-base {t_owl:.1f} s, "
+          f"SAM2.1-tiny {t_sam:.1f} s")
     pipeline = InstancePipeline(proposer, segmenter, extractor, min_mask_area_px=0)
 
     rgb = load_frame()
@@ -183,7 +185,10 @@ def main() -> None:
 
     instance_total = ms_dino + ms_owl + ms_sam + ms_embed + ms_isearch
     patch_total = ms_dino + ms_patch
-    device = f"{args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else f'{torch.get_num_threads()} torch thread(s)'})"
+    if args.device.startswith("cuda"):
+        device = f"{args.device} ({torch.cuda.get_device_name()})"
+    else:
+        device = f"{args.device} ({torch.get_num_threads()} torch thread(s))"
     print()
     print(f"one {rgb.shape[1]}x{rgb.shape[0]} frame, {len(boxes)} boxes, device {device}, dtype {proposer.dtype}, "
           f"median of {runs} runs")
@@ -193,7 +198,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     rows = [
         ("OWLv2-base/16 proposals", f"{proposer.input_size}x{proposer.input_size}", ms_owl, cpu["owl"]),
-        ("SAM 2.1 hiera-tiny: image embedding + masks", f"{segmenter.image_size}x{segmenter.image_size}, {len(boxes)} boxes",
+        ("SAM 2.1 hiera-tiny: image embedding + masks",
+         f"{segmenter.image_size}x{segmenter.image_size}, {len(boxes)} boxes",
          ms_sam, cpu["sam"]),
         ("DINOv2-S/14 features", f"{features.input_size[0]}x{features.input_size[1]}", ms_dino, cpu["dino"]),
         ("mask averaging", f"{len(masks)} masks -> {h}x{w} grid", ms_embed, cpu["embed"]),
@@ -202,7 +208,8 @@ def main() -> None:
     for name, size, ms, c in rows:
         print(f"| {name} | {size} | {ms:.0f} | {c:.0f} | {100 * c / cpu_instance:.0f} % |")
     print(f"| **instance mode total** | | **{instance_total:.0f}** | **{cpu_instance:.0f}** | |")
-    print(f"| patch mode: DINOv2 + search over {len(patch_bank)} patches + maps | | {patch_total:.0f} | {cpu_patch:.0f} | |")
+    print(f"| patch mode: DINOv2 + search over {len(patch_bank)} patches + maps | | {patch_total:.0f} "
+          f"| {cpu_patch:.0f} | |")
     print(f"\ninstance / patch ratio: {instance_total / patch_total:.1f}x wall, {cpu_instance / cpu_patch:.1f}x CPU")
     print(f"InstancePipeline.detect end to end (one run, {len(found.proposals)} proposals): "
           + ", ".join(f"{k} {v:.0f} ms" for k, v in found.timings_ms.items()))
@@ -213,14 +220,16 @@ def main() -> None:
             small = BoxProposer(str(owl_path), None, score_threshold=0.0, top_k=args.boxes, input_size=size,
                                 device=args.device, dtype=args.dtype)
             ms, _ = median_ms(lambda: small.propose(rgb), runs)
-            print(f"  OWLv2 at {size}x{size}: {ms:.0f} ms wall, {LAST_CPU_MS:.0f} ms CPU ({LAST_CPU_MS / cpu['owl']:.2f}x of 960)")
+            print(f"  OWLv2 at {size}x{size}: {ms:.0f} ms wall, {LAST_CPU_MS:.0f} ms CPU "
+                  f"({LAST_CPU_MS / cpu['owl']:.2f}x of 960)")
             small.release()
         encoder_ms, embeddings = median_ms(lambda: segmenter.encode(rgb), runs)
         print(f"  SAM 2 image encoder alone (once per frame): {encoder_ms:.0f} ms wall, {LAST_CPU_MS:.0f} ms CPU")
         for n in (1, 10, 20):
             many = np.tile(boxes[:1], (n, 1))
             ms, _ = median_ms(lambda: segmenter.decode(embeddings, many, features.image_size), runs)
-            print(f"  SAM 2 mask decoder + upsampling, {n} box(es) in one batch: {ms:.0f} ms wall, {LAST_CPU_MS:.0f} ms CPU")
+            print(f"  SAM 2 mask decoder + upsampling, {n} box(es) in one batch: {ms:.0f} ms wall, "
+                  f"{LAST_CPU_MS:.0f} ms CPU")
     if tmp is not None:
         tmp.cleanup()
 

@@ -26,7 +26,7 @@ STAGES = ("decode", "preprocess", "forward", "search", "maps", "publish")
 
 
 def compressed_messages(limit: int) -> tuple[list, str]:
-    """CompressedImage messages from the highway bag (rosbags objects), or the JPEG files as a fallback."""
+    """The CompressedImage messages of the highway bag (rosbags objects), or the JPEG files as a fallback."""
     data = shared_dir() / "data" / "highway"
     try:
         from rosbags.highlevel import AnyReader
@@ -59,12 +59,15 @@ def nominal_bank(extractor, cache: Path):
         t0 = time.perf_counter()
         parts = []
         for i in range(0, len(nominal), 8):
-            parts += [f.patches.reshape(-1, extractor.dim) for f in extractor.extract_batch([read_rgb(p) for p in nominal[i : i + 8]])]
+            batch = extractor.extract_batch([read_rgb(p) for p in nominal[i : i + 8]])
+            parts += [f.patches.reshape(-1, extractor.dim) for f in batch]
         vectors = np.concatenate(parts).astype(np.float16)
         np.save(file, vectors)
-        print(f"  embedded {len(nominal)} nominal frames at height {extractor.input_height} in {time.perf_counter() - t0:.0f} s")
+        print(f"  embedded {len(nominal)} nominal frames at height {extractor.input_height} "
+              f"in {time.perf_counter() - t0:.0f} s")
     per_frame = len(vectors) // len(nominal)
-    return NominalBank.from_vectors(vectors, extractor.signature(), frame_of_vector=np.arange(len(vectors)) // per_frame)
+    return NominalBank.from_vectors(vectors, extractor.signature(),
+                                    frame_of_vector=np.arange(len(vectors)) // per_frame)
 
 
 def publish_messages(monitor, rgb, result) -> object:
@@ -171,7 +174,8 @@ def main() -> None:
     print()
     print(f"Per-stage medians over {args.frames} frames (960x540 JPEG), CPU, {threads} threads, fp32")
     print(table)
-    path = save_json(args.out, "pipeline.json", {"machine": machine(), "threads": threads, "rows": rows, "table_md": table})
+    path = save_json(args.out, "pipeline.json",
+                     {"machine": machine(), "threads": threads, "rows": rows, "table_md": table})
     print(f"\nsaved {path}")
 
 

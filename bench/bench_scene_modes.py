@@ -16,7 +16,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -65,7 +64,8 @@ def main() -> int:
 
         def rebuild(prefix: str) -> list[Features]:
             return [Features(p, c, tuple(s), tuple(i)) for p, c, s, i in zip(
-                cached[f"{prefix}_patches"], cached[f"{prefix}_cls"], cached[f"{prefix}_image"], cached[f"{prefix}_input"])]
+                cached[f"{prefix}_patches"], cached[f"{prefix}_cls"], cached[f"{prefix}_image"],
+                cached[f"{prefix}_input"])]
 
         nominal, test = rebuild("nominal"), rebuild("test")
     else:
@@ -77,7 +77,8 @@ def main() -> int:
             np.savez(args.cache, feat_ms=feat_ms, **{
                 f"{name}_{key}": np.stack([getattr(f, attr) for f in feats])
                 for name, feats in (("nominal", nominal), ("test", test))
-                for key, attr in (("patches", "patches"), ("cls", "cls"), ("image", "image_size"), ("input", "input_size"))
+                for key, attr in (("patches", "patches"), ("cls", "cls"), ("image", "image_size"),
+                                  ("input", "input_size"))
             })
     print(f"backbone forward (shared by every mode): {feat_ms:.0f} ms/frame at input height {cfg.input_height}")
 

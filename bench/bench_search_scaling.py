@@ -18,13 +18,15 @@ the faiss indexes, with one thread count for all of them.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import machine, markdown_table, model_dir, pin_threads, read_rgb, real_embeddings, save_json, shared_dir, timed
+from _common import (machine, markdown_table, model_dir, pin_threads, read_rgb, real_embeddings, save_json,
+                     shared_dir, timed)
 
 ALL_TYPES = ("numpy", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw", "auto")
 # Above these sizes a type is skipped unless --types names it (minutes to build or to query on 2 cores).
@@ -94,7 +96,7 @@ def dinov2_forward_ms(input_height: int, repeats: int) -> float:
     extractor = FeatureExtractor(str(model_dir()), input_height, "cpu", "float32")
     rgb = read_rgb(sorted((shared_dir() / "data" / "highway" / "test" / "images").glob("*.jpg"))[0])
     batch = extractor.preprocess(rgb)[None]
-    ms, _ = timed(lambda: extractor.forward(batch), repeats)
+    ms, _ = timed(functools.partial(extractor.forward, batch), repeats)
     extractor.release()
     del extractor
     gc.collect()
@@ -126,7 +128,8 @@ def sweep(index, kind, n, one_frame, queries, true_s, true_i, forward_ms, tuned_
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1e4,1e5,1e6", help="bank sizes, comma separated (e.g. 1e4,1e5,1e6,2e6)")
-    ap.add_argument("--types", default="quick", help=f"'quick' (skip slow combinations), 'all', or a list of {ALL_TYPES}")
+    ap.add_argument("--types", default="quick",
+                    help=f"'quick' (skip slow combinations), 'all', or a list of {ALL_TYPES}")
     ap.add_argument("--threads", type=int, default=0, help="threads for faiss, torch and BLAS (0 = all cores)")
     ap.add_argument("--query-frames", type=int, default=5, help="test frames whose patches measure recall")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of one frame's search (median)")
@@ -134,8 +137,8 @@ def main() -> None:
     ap.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
     ap.add_argument("--ef-construction", type=int, default=64, help="HNSW build depth")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = about 4 sqrt(N))")
-    ap.add_argument("--sweep", default="", help="index types whose nprobe/efSearch is swept (comma list; the auto row's "
-                    "approximate index is always swept)")
+    ap.add_argument("--sweep", default="", help="index types whose nprobe/efSearch is swept (comma list; the "
+                    "auto row's approximate index is always swept)")
     ap.add_argument("--noise", type=float, default=0.005,
                     help="per-dimension Gaussian noise of the synthetic re-drives (0.005: two re-drives of a patch are "
                     "as similar, cosine ~0.99, as real frames 12 steps apart are to their nearest bank patch)")
@@ -174,7 +177,7 @@ def main() -> None:
             row = {"n": n, "type": kind}
             reps = args.repeats if n <= 100_000 or kind in ("ivf", "ivfpq", "hnsw") else 2
             if kind == "numpy":
-                ms, _ = timed(lambda: numpy_search(x32, one_frame), reps)
+                ms, _ = timed(functools.partial(numpy_search, x32, one_frame), reps)  # binds x32 now: deleted later
                 ids, sims = true_i, true_s = all_true_i, all_true_s
                 row.update(build_s=0.0, bytes_per_vector=x32.itemsize * x32.shape[1], query_ms=ms)
             else:
@@ -186,8 +189,8 @@ def main() -> None:
                     t_build = time.perf_counter()
                     index = pbank.search_index.ensure()
                     info = dict(pbank.index_info, build_s=time.perf_counter() - t_build)
-                    print(f"    auto -> {info['type']} depth {info['search_depth']}; probe: {info.get('recall_probe')}; "
-                          f"curve {info.get('recall_curve')}", flush=True)
+                    print(f"    auto -> {info['type']} depth {info['search_depth']}; "
+                          f"probe: {info.get('recall_probe')}; curve {info.get('recall_curve')}", flush=True)
                 else:
                     spec = IndexSpec(type=kind, target_recall=args.target_recall, seed=0, hnsw_m=args.hnsw_m,
                                      ef_construction=args.ef_construction, nlist=args.nlist)
@@ -205,7 +208,8 @@ def main() -> None:
                 if kind == "auto":
                     row["type"] = f"auto ({info['type']})"
                 if kind in args.sweep.split(",") or (kind == "auto" and info["type"] != "flat"):
-                    sweep_rows += sweep(index, info["type"], n, one_frame, queries, all_true_s, all_true_i, forward_ms, row)
+                    sweep_rows += sweep(index, info["type"], n, one_frame, queries, all_true_s, all_true_i,
+                                        forward_ms, row)
                 del index
                 if kind == "auto":
                     del pbank

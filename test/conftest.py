@@ -1,5 +1,8 @@
-"""Fixtures shared by the core tests: a tiny random-init DINOv2 saved and reloaded through the same
-from_pretrained path users take, and the location of ../shared (real weights and data)."""
+"""Fixtures shared by the core tests.
+
+A tiny random-init DINOv2 saved and reloaded through the same from_pretrained path users take, and
+the location of ../shared (real weights and data).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +61,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def highway_bank(shared, tmp_path_factory):
-    """Real DINOv2-S/14 bank of every 2nd nominal highway frame at input height 224, calibrated and
-    saved once per test session (about 40 s on 2 cores); returns (config, bank directory)."""
+    """Real DINOv2-S/14 bank of every 2nd nominal highway frame at input height 224; (config, bank directory).
+
+    Calibrated and saved once per test session (about 40 s on 2 cores).
+    """
     from types import SimpleNamespace
 
     from semanom_ros.core import PatchBankBuilder, PipelineConfig
@@ -79,8 +84,11 @@ def highway_bank(shared, tmp_path_factory):
 
 @contextlib.contextmanager
 def isolated_ros_context(domain_low: int, domain_high: int):
-    """An rclpy context of its own on a random domain id in [domain_low, domain_high] (test modules use
-    disjoint ranges so parallel runs do not see each other), discovery limited to this machine."""
+    """An rclpy context of its own on a random domain id in [domain_low, domain_high].
+
+    Test modules use disjoint ranges so parallel runs do not see each other; discovery is limited to
+    this machine.
+    """
     import random
 
     import rclpy

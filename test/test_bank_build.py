@@ -1,5 +1,7 @@
-"""The streaming bank build (semanom_ros.workflows.build_bank): counts, manifest contents, frame selection,
-append / merge behaviour, model mismatches, and data faults that are skipped instead of crashing.
+"""The streaming bank build (semanom_ros.workflows.build_bank).
+
+Counts, manifest contents, frame selection, append / merge behaviour, model mismatches, and data
+faults that are skipped instead of crashing.
 
 Real bags: ../shared/data/highway/bag_mcap and bag_sqlite3 (150 JPEG CompressedImage messages at
 25 fps, plus 20 rgb8 Image messages in the mcap bag). Everything else is written by the tests with
@@ -37,7 +39,8 @@ RAW = "/camera/image_raw"
 T0 = 1_700_000_000_000_000_000
 H = 28  # input height of the tiny model: 2 x (aspect) patches
 
-needs_highway = pytest.mark.skipif(not (MCAP.is_dir() and SQLITE.is_dir()), reason=f"highway bags not found under {HIGHWAY}")
+needs_highway = pytest.mark.skipif(not (MCAP.is_dir() and SQLITE.is_dir()),
+                                   reason=f"highway bags not found under {HIGHWAY}")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,8 @@ def _frames(n: int, seed: int = 0, h: int = 48, w: int = 80) -> list[np.ndarray]
 
 
 def _build(sources, out, config, extractor, **options) -> BuildSummary:
-    return build_bank([str(s) for s in sources], out, config, BuildOptions(progress=False, **options), extractor=extractor)
+    return build_bank([str(s) for s in sources], out, config, BuildOptions(progress=False, **options),
+                      extractor=extractor)
 
 
 def _log_text(caplog) -> str:
@@ -109,7 +113,8 @@ def test_real_bag_topic_choice_and_time_range(tmp_path, config, extractor):
 
 @needs_highway
 def test_missing_topic_is_an_error_listing_the_topics(tmp_path, config, extractor):
-    with pytest.raises(BuildError, match=r"'/nope' not found.*/camera/image_raw/compressed \[CompressedImage, 150 msgs\]"):
+    expected = r"'/nope' not found.*/camera/image_raw/compressed \[CompressedImage, 150 msgs\]"
+    with pytest.raises(BuildError, match=expected):
         _build([MCAP], tmp_path / "x", config, extractor, topic="/nope")
     assert not (tmp_path / "x").exists()
 
@@ -337,8 +342,11 @@ def test_stale_temp_dirs_of_dead_saves_are_removed(tmp_path):
 
 @pytest.mark.integration
 def test_real_weights_bank_from_the_highway_bag_separates_anomalies(shared, tmp_path):
-    """DINOv2-S/14 at input height 112 on every 2nd message of the real mcap bag; the bank then scores
-    the labelled highway test frames: anomalous frames score higher than nominal ones."""
+    """DINOv2-S/14 at input height 112 on every 2nd message of the real mcap bag.
+
+    The bank then scores the labelled highway test frames: anomalous frames score higher than
+    nominal ones.
+    """
     import csv
 
     from conftest import read_rgb
@@ -377,7 +385,8 @@ def test_instance_mode_build_and_append(tmp_path):
     s = build_bank([str(bag)], tmp_path / "bank", config, BuildOptions(progress=False, append=True))
     assert s.frames_total == 9
     with pytest.raises(BuildError, match="'instance' bank"):
-        build_bank([str(bag)], tmp_path / "bank", config.replace(mode="patch"), BuildOptions(progress=False, append=True))
+        build_bank([str(bag)], tmp_path / "bank", config.replace(mode="patch"),
+                   BuildOptions(progress=False, append=True))
     with pytest.raises(BuildError, match="dedup_similarity applies to patch banks"):
         build_bank([str(bag)], tmp_path / "x", config, BuildOptions(progress=False, dedup_similarity=0.9))
 

@@ -1,6 +1,8 @@
-"""bank_builder_node over real DDS (localhost only, a random domain id in [101, 200]): live recording
-with the ~/save (Trigger) and ~/recording (SetBool) services, bad messages, saving on shutdown,
-appending, and the offline mode that runs the same build as semanom-bank."""
+"""The bank_builder_node over real DDS (localhost only, a random domain id in [101, 200]).
+
+Live recording with the ~/save (Trigger) and ~/recording (SetBool) services, bad messages, saving
+on shutdown, appending, and the offline mode that runs the same build as semanom-bank.
+"""
 from __future__ import annotations
 
 import itertools
@@ -60,7 +62,9 @@ class Harness:
         self.node = BankBuilderNode(self.name, context=context, parameter_overrides=overrides,
                                     cli_args=["--ros-args", "-r", f"image:={topic}"])
         self.probe = Node(f"probe_{self.name}", context=context)
-        self.pub = self.probe.create_publisher(msg_type, topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.pub = self.probe.create_publisher(
+            msg_type, topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        )
         self.save_client = self.probe.create_client(Trigger, f"/{self.name}/save")
         self.recording_client = self.probe.create_client(SetBool, f"/{self.name}/recording")
         self.executor = MultiThreadedExecutor(num_threads=4, context=context)
@@ -69,7 +73,8 @@ class Harness:
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
         wait_until(lambda: self.pub.get_subscription_count() > 0, 15, "the node's subscription")
-        assert self.save_client.wait_for_service(timeout_sec=15) and self.recording_client.wait_for_service(timeout_sec=15)
+        assert self.save_client.wait_for_service(timeout_sec=15)
+        assert self.recording_client.wait_for_service(timeout_sec=15)
         self.stamp = 1_700_000_000
 
     def publish(self, rgb: np.ndarray | None = None, msg: Any = None, wait: bool = True) -> None:

@@ -1,5 +1,8 @@
-"""bench/bench_gpu.py --device cpu --small: the GPU benchmark's code runs end to end at tiny sizes and
-writes the rows it promises, with finite numbers (the full run needs a GPU and is not a test)."""
+"""The GPU benchmark, bench/bench_gpu.py --device cpu --small, at tiny sizes.
+
+The benchmark's code runs end to end and writes the rows it promises, with finite numbers (the
+full run needs a GPU and is not a test).
+"""
 from __future__ import annotations
 
 import json

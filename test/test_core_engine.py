@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -282,7 +281,10 @@ def test_components_smaller_than_min_area_are_dropped():
 
 # -- monitor ---------------------------------------------------------------------------------
 def _frames(n, height=84, width=140):
-    return [SimpleNamespace(rgb=textured_frame(100 + i % 3, height, width), source="seq", index=i, stamp_ns=i) for i in range(n)]
+    return [
+        SimpleNamespace(rgb=textured_frame(100 + i % 3, height, width), source="seq", index=i, stamp_ns=i)
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")

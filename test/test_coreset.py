@@ -1,5 +1,8 @@
-"""Greedy k-center coreset (semanom_ros.core.coreset): argument checks, covering quality, bank
-subsampling that keeps provenance, and calibration of a coreset against the full frames."""
+"""Greedy k-center coreset (semanom_ros.core.coreset).
+
+Argument checks, covering quality, bank subsampling that keeps provenance, and calibration of a
+coreset against the full frames.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -130,7 +133,8 @@ def test_coreset_bank_calibrated_against_full_frames_round_trips(tmp_path):
     small = result.bank
     assert result.to_vectors == round(0.25 * len(bank)) and result.shrink_factor == pytest.approx(4.0, rel=0.05)
     info = small.extra["coreset"]
-    assert info["from_vectors"] == len(bank) and info["to_vectors"] == len(small) and info["requested"] == {"fraction": 0.25}
+    assert info["from_vectors"] == len(bank) and info["to_vectors"] == len(small)
+    assert info["requested"] == {"fraction": 0.25}
     assert small.calibration is None
     cal = calibrate_coreset(small, bank, config)
     # Every query's nearest coreset vector is at most as similar as its nearest full-bank vector.

@@ -1,5 +1,8 @@
-"""OWLv2 box proposals and SAM 2 masks with tiny random-init checkpoints saved and reloaded through
-from_pretrained (no hub access), plus the pure box geometry (NMS, merging of duplicates)."""
+"""OWLv2 box proposals and SAM 2 masks, plus the pure box geometry (NMS, merging of duplicates).
+
+The models are tiny random-init checkpoints saved and reloaded through from_pretrained (no hub
+access).
+"""
 from __future__ import annotations
 
 import sys
@@ -237,8 +240,11 @@ def test_sam2_package_backend_adapter(monkeypatch, tmp_path):
             return out, np.full((len(box), 1), 0.9, np.float32), None
 
     build = types.ModuleType("sam2.build_sam")
-    build.HF_MODEL_ID_TO_FILENAMES = {"facebook/sam2.1-hiera-tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt")}
-    build.build_sam2 = lambda cfg, ckpt, device="cpu": (calls.__setitem__("built", (cfg, ckpt)) or torch.nn.Linear(2, 2))
+    build.HF_MODEL_ID_TO_FILENAMES = {"facebook/sam2.1-hiera-tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml",
+                                                                     "sam2.1_hiera_tiny.pt")}
+    build.build_sam2 = lambda cfg, ckpt, device="cpu": (
+        calls.__setitem__("built", (cfg, ckpt)) or torch.nn.Linear(2, 2)
+    )
     predictor_mod = types.ModuleType("sam2.sam2_image_predictor")
     predictor_mod.SAM2ImagePredictor = FakePredictor
     monkeypatch.setitem(sys.modules, "sam2", types.ModuleType("sam2"))

@@ -1,5 +1,8 @@
-"""The on-device pipeline (issue #13), exercised on CPU tensors: resize as matrix products, the torch
-search backend behind the bank, mask averaging on the patches' device, several cameras in one call."""
+"""The on-device pipeline (issue #13), exercised on CPU tensors.
+
+Resize as matrix products, the torch search backend behind the bank, mask averaging on the
+patches' device, several cameras in one call.
+"""
 from __future__ import annotations
 
 from types import SimpleNamespace

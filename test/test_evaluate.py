@@ -1,5 +1,8 @@
-"""semanom-eval end to end: tiny random-init DINOv2 on synthetic folders and bags; one integration
-test with the real DINOv2-S/14 on ../shared/data/highway/test."""
+"""The semanom-eval tool end to end.
+
+Tiny random-init DINOv2 on synthetic folders and bags; one integration test with the real
+DINOv2-S/14 on ../shared/data/highway/test.
+"""
 from __future__ import annotations
 
 import csv
@@ -101,7 +104,8 @@ def test_report_json_has_the_documented_keys(folder_report):
     assert meta["config"]["input_height"] == 56 and meta["config"]["min_component_area_px"] == 20
     overall = r["image"]["overall"]
     for key in ("n_frames", "n_anomalous", "n_nominal", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "fpr",
-                "specificity", "balanced_accuracy", "auroc", "auprc", "best_f1", "threshold", "min_area_px", "undefined"):
+                "specificity", "balanced_accuracy", "auroc", "auprc", "best_f1", "threshold", "min_area_px",
+                "undefined"):
         assert key in overall
     assert set(r["image"]["by_group"]) == {"nominal", *OBJECTS}
     for key in ("n_frames", "pixel_stride", "n_pixels", "auroc", "ap", "fpr_at_95_tpr", "iou", "mean_iou"):
@@ -239,7 +243,9 @@ def test_bag_mode_labels_ranges_and_warns_about_ranges_outside_and_empty_scenari
 
     yaml_labels = tmp_path / "ranges.yaml"
     t0 = 1_700_000_000_000_000_000
-    yaml_labels.write_text(f"ranges:\n  - {{start_ns: {t0 + 600_000_000}, end_ns: {t0 + 900_000_000}, scenario: cone}}\n")
+    yaml_labels.write_text(
+        f"ranges:\n  - {{start_ns: {t0 + 600_000_000}, end_ns: {t0 + 900_000_000}, scenario: cone}}\n"
+    )
     rc, r, _ = run_eval(
         ["--bank", str(tiny_bank), "--data", str(bag), "--labels", str(yaml_labels), "-o", str(tmp_path / "o2")], capsys
     )
@@ -254,7 +260,8 @@ def test_settings_come_from_the_bank_and_flags_override_them(tiny_bank, tiny_mod
     assert (cfg.input_height, cfg.min_component_area_px, cfg.model) == (56, 20, tiny_model)
     data = write_folder(tmp_path / "d")
     rc, r, _ = run_eval(
-        ["--bank", str(tiny_bank), "--data", str(data), "-o", str(tmp_path / "o1"), "--threshold", "0.5", "--min-area", "5"],
+        ["--bank", str(tiny_bank), "--data", str(data), "-o", str(tmp_path / "o1"), "--threshold", "0.5",
+         "--min-area", "5"],
         capsys,
     )
     assert rc == 0 and r["meta"]["operating_point"]["threshold"] == 0.5 and r["image"]["overall"]["min_area_px"] == 5
@@ -264,7 +271,8 @@ def test_settings_come_from_the_bank_and_flags_override_them(tiny_bank, tiny_mod
     # A copy of the weights elsewhere (e.g. a local folder for a manifest naming a hub id) is accepted.
     moved = shutil.copytree(tiny_model, tmp_path / "weights_copy")
     rc, r, _ = run_eval(
-        ["--bank", str(tiny_bank), "--data", str(data), "-o", str(tmp_path / "o2"), "--model", str(moved), "--alpha", "0.99"],
+        ["--bank", str(tiny_bank), "--data", str(data), "-o", str(tmp_path / "o2"), "--model", str(moved),
+         "--alpha", "0.99"],
         capsys,
     )
     manifest = json.loads((tiny_bank / "manifest.json").read_text())
@@ -328,12 +336,14 @@ def test_scene_modes_are_reported_beside_the_patch_mode(tiny_bank, tmp_path, cap
     for s in range(12):
         cv2.imwrite(str(nominal / f"{s:04d}.png"), cv2.cvtColor(textured_frame(s, H, W), cv2.COLOR_RGB2BGR))
     rc, report, _ = run_eval(
-        ["--bank", str(tiny_bank), "--data", str(data), "-o", str(tmp_path / "out"), "--modes", "--nominal", str(nominal)],
+        ["--bank", str(tiny_bank), "--data", str(data), "-o", str(tmp_path / "out"), "--modes",
+         "--nominal", str(nominal)],
         capsys,
     )
     assert rc == 0
     modes = report["modes"]
-    assert {"patch", "patch_majority", "scene/cls_knn", "scene/cls_knnn", "scene/mean_knn", "scene/mean_hdbscan"} <= set(modes)
+    assert {"patch", "patch_majority", "scene/cls_knn", "scene/cls_knnn", "scene/mean_knn",
+            "scene/mean_hdbscan"} <= set(modes)
     for entry in modes.values():
         assert "image_auroc" in entry and entry["median_ms_per_frame"] is not None
     assert "## Modes" in (tmp_path / "out" / "report.md").read_text()

@@ -1,5 +1,8 @@
-"""Index strategies of the nominal bank: correctness of each type, auto selection, exclusion,
-manifest record, save/load round trip, and clear errors. Small synthetic data; no timing."""
+"""Index strategies of the nominal bank.
+
+Correctness of each type, auto selection, exclusion, manifest record, save/load round trip, and
+clear errors. Small synthetic data; no timing.
+"""
 from __future__ import annotations
 
 import json
@@ -400,7 +403,9 @@ def test_a_depth_override_reuses_the_saved_index_and_reports_the_measured_recall
     curve = bank.index_info["recall_curve"]
     import semanom_ros.core.search.index as search_index_module
 
-    monkeypatch.setattr(search_index_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    monkeypatch.setattr(
+        search_index_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt"))
+    )
     loaded = NominalBank.load(tmp_path / "bank")
     first_depth = curve[0][0]
     spec = IndexSpec.from_config(dict(loaded.config, nprobe=first_depth))
@@ -470,7 +475,9 @@ def test_a_saved_auto_bank_reloads_the_candidate_it_chose(tmp_path, monkeypatch)
     bank.save(tmp_path / "auto")
     import semanom_ros.core.search.index as search_index_module
 
-    monkeypatch.setattr(search_index_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    monkeypatch.setattr(
+        search_index_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt"))
+    )
     loaded = NominalBank.load(tmp_path / "auto")
     _, ids_loaded = loaded.search(queries, 1)
     assert loaded.index_info["type"] == chosen and "loaded_from" in loaded.index_info

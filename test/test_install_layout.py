@@ -76,7 +76,7 @@ def venv(tmp_path_factory) -> Path:
 
 
 def _console_scripts(prefix: Path) -> dict[str, str]:
-    """name -> 'module:function' from the installed distribution's entry_points.txt."""
+    """Map name -> 'module:function' from the installed distribution's entry_points.txt."""
     (entry_points,) = prefix.glob(f"lib/python*/site-packages/{PACKAGE}-*.dist-info/entry_points.txt")
     parser = configparser.ConfigParser(delimiters=("=",))
     parser.optionxform = str  # keep names as written
@@ -116,8 +116,10 @@ def test_nodes_run_from_lib_package(venv, node):
 
 
 def test_launcher_without_console_script_uses_python_of_prefix_then_path(venv, tmp_path):
-    """A prefix with no bin/<name>: the launcher runs the entry point with <prefix>/bin/python3, and with
-    python3 on PATH where the prefix has none."""
+    """A prefix with no bin/<name>: the launcher runs the entry point with <prefix>/bin/python3.
+
+    And with python3 on PATH where the prefix has none.
+    """
     launcher = venv / "lib" / PACKAGE / "semanom-replay"
     with_python = tmp_path / "with_python"
     (with_python / "lib" / PACKAGE).mkdir(parents=True)
@@ -153,7 +155,7 @@ def test_share_files_and_ament_index_marker(venv):
 
 
 def _package_prefix(package: str) -> str:
-    """ament_index_python's get_package_prefix (the rule by hand where that module is missing)."""
+    """The package prefix as ament_index_python's get_package_prefix finds it (by hand where that module is missing)."""
     try:
         from ament_index_python.packages import get_package_prefix
     except ImportError:
@@ -177,8 +179,10 @@ def test_ros2_run_and_launch_ros_lookups_find_the_executables(venv, monkeypatch)
 
 
 def test_colcon_style_install_puts_console_scripts_into_lib_package(tmp_path):
-    """colcon build runs `setup.py ... install --prefix`: setup.cfg's install_scripts places the real
-    console scripts (not the launchers) in lib/semanom_ros."""
+    """The colcon build layout: the real console scripts (not the launchers) in lib/semanom_ros.
+
+    colcon build runs `setup.py ... install --prefix`, and setup.cfg's install_scripts places them there.
+    """
     source = _copy_sources(tmp_path / "src")
     build, prefix = tmp_path / "build", tmp_path / "install"
     build.mkdir()

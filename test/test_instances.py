@@ -1,5 +1,8 @@
-"""Instance mode: mask averaging, instance banks (build, save, load, calibrate, score) and the Monitor in
-instance and combined mode, with tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints."""
+"""Instance mode, with tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints.
+
+Mask averaging, instance banks (build, save, load, calibrate, score) and the Monitor in instance and
+combined mode.
+"""
 from __future__ import annotations
 
 import dataclasses

@@ -1,13 +1,14 @@
-"""monitor_node in instance and combined mode over real DDS (localhost only, a random domain id in
-[201, 230]), with tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints: the instance outputs appear
-with the input frame's stamp, frame_id and size."""
+"""The monitor_node in instance and combined mode over real DDS (localhost only, domain id in [201, 230]).
+
+With tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints: the instance outputs appear with the
+input frame's stamp, frame_id and size.
+"""
 from __future__ import annotations
 
 import os
 import random
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -116,7 +117,8 @@ class Probe:
         def arrived() -> bool:
             with self.lock:
                 stamped = all(
-                    any(m.header.stamp.sec == sec for m in self.received[k]) for k in ("score_map", "overlay", "instances/labels")
+                    any(m.header.stamp.sec == sec for m in self.received[k])
+                    for k in ("score_map", "overlay", "instances/labels")
                 )
                 return stamped and len(self.received["is_anomalous"]) > 0
         wait_until(arrived, timeout=30.0)

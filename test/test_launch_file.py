@@ -1,6 +1,8 @@
-"""launch/monitor.launch.py: the RViz configuration it generates (camera topic and image_transport
-transport for raw and compressed cameras, the node's output namespace, the heat map display) and the
-removal of that temporary file when the launch ends.
+"""The launch file launch/monitor.launch.py: the RViz configuration it generates and its clean-up.
+
+The RViz configuration: camera topic and image_transport transport for raw and compressed cameras,
+the node's output namespace, the heat map display; and the removal of that temporary file when the
+launch ends.
 
 launch and launch_ros are not on PyPI: where they (or ament_index_python) are missing, small stand-ins
 with the same names and the few attributes used here are put into sys.modules for these tests only.

@@ -38,7 +38,8 @@ def _blobs(k: int, per: int, dim: int = 16, noise: float = 0.05, seed: int = 0) 
 def _features(cls: np.ndarray, patches: np.ndarray | None = None) -> Features:
     if patches is None:
         patches = np.tile(cls, (2, 2, 1))
-    return Features(patches=patches.astype(np.float32), cls=cls.astype(np.float32), image_size=(28, 28), input_size=(28, 28))
+    return Features(patches=patches.astype(np.float32), cls=cls.astype(np.float32), image_size=(28, 28),
+                    input_size=(28, 28))
 
 
 # -- k-Means with silhouette --------------------------------------------------------------------
@@ -213,8 +214,10 @@ def test_evaluate_scene_modes_separates_constructed_anomalies():
         threshold = 0.5
 
         def score_features(self, f):
-            grid = np.full((2, 2), 0.9 if f.cls @ nominal_x[0] < 0.5 and f.cls @ nominal_x[-1] < 0.5 else 0.1, np.float32)
-            return SimpleNamespace(score=float(grid.max()), is_anomalous=bool(grid.max() > 0.5), patch_scores=grid, threshold=0.5)
+            far_from_both_ends = f.cls @ nominal_x[0] < 0.5 and f.cls @ nominal_x[-1] < 0.5
+            grid = np.full((2, 2), 0.9 if far_from_both_ends else 0.1, np.float32)
+            return SimpleNamespace(score=float(grid.max()), is_anomalous=bool(grid.max() > 0.5), patch_scores=grid,
+                                   threshold=0.5)
 
         def ignore_patches(self, image_size, grid):
             return None
@@ -287,8 +290,11 @@ def test_scene_bank_and_scene_monitor_with_a_tiny_dinov2(tiny_model, tmp_path):
 
 @pytest.mark.integration
 def test_mean_patch_scene_check_on_real_highway_frames(highway_bank, shared):
-    """Real DINOv2-S/14: the scene model fitted from an existing patch bank's frame means ranks
-    anomalous highway frames above nominal ones (all 71 frames give AUROC 0.90, see the benchmark)."""
+    """Real DINOv2-S/14: the scene model fitted from an existing patch bank's frame means.
+
+    It ranks anomalous highway frames above nominal ones (all 71 frames give AUROC 0.90, see the
+    benchmark).
+    """
     import csv
 
     from conftest import read_rgb

@@ -57,8 +57,10 @@ def untied_rows(sims: np.ndarray, gap: float) -> np.ndarray:
 
 
 def assert_same_answers(ours, reference, tol: float = SIM_TOL, gap: float = 1e-4) -> None:
-    """``reference`` holds k + 1 neighbours per row: ids are compared where the k answers and the
-    next candidate are not tied."""
+    """``reference`` holds k + 1 neighbours per row.
+
+    Ids are compared where the k answers and the next candidate are not tied.
+    """
     (s, i), (ts, ti) = ours, reference
     k = s.shape[1]
     assert s.dtype == np.float32 and i.dtype == np.int64 and s.shape == ts[:, :k].shape == i.shape

@@ -1,5 +1,7 @@
-"""Tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints, saved with save_pretrained so the code under
-test loads them through the same from_pretrained path users take (no hub access needed).
+"""Tiny random-init OWLv2, SAM 2 and DINOv2 checkpoints, saved with save_pretrained.
+
+The code under test loads them through the same from_pretrained path users take (no hub access
+needed).
 
 OWLv2 gets a tiny CLIP BPE tokenizer (letters only, end-of-text the highest id, as in CLIP, because
 OWLv2 pools the text at the highest token id) and a preprocessor_config.json.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
@@ -35,7 +34,8 @@ class PipelineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16
     batch_size: int = 8  # frames per forward pass in offline tools
-    num_threads: int = 0  # torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, else all usable cores
+    # torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, else all usable cores
+    num_threads: int = 0
 
     # Similarity index over the bank (see semanom_ros.core.search): auto = exact flat search below
     # index_auto_threshold vectors, HNSW (fp16 codes) above; or force
@@ -43,7 +43,8 @@ class PipelineConfig:
     index_type: str = "auto"
     index_auto_threshold: int = 50_000
     index_nlist: int = 0  # IVF lists; 0 = about 4 sqrt(N)
-    nprobe: int = 0  # IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build (recall@1 >= 0.97)
+    # IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build (recall@1 >= 0.97)
+    nprobe: int = 0
     use_gpu_index: bool = True  # put the index on the GPU when faiss has GPU support and device is CUDA
     # Search engine: "torch" = exact search with the bank resident where the model runs (fp16 on a
     # GPU; see semanom_ros.core.search.torch_exact); "faiss" = faiss on the host (index_type above);
@@ -163,7 +164,9 @@ class PipelineConfig:
         _check_int(self, "k", 1, 1024)
         _check_float(self, "score_smoothing_sigma", 0.0, 100.0)
         if not (0.0 < float(self.alpha) < 1.0):
-            raise ConfigError(f"alpha: {self.alpha} is outside (0, 1); e.g. 0.999 marks the top 0.1 % of nominal patch scores")
+            raise ConfigError(
+                f"alpha: {self.alpha} is outside (0, 1); e.g. 0.999 marks the top 0.1 % of nominal patch scores"
+            )
         if self.calibration_level not in ("patch", "image"):
             raise ConfigError(f"calibration_level: {self.calibration_level!r} is not one of patch, image")
         _check_int(self, "calibration_window", 0, 100000)
@@ -230,7 +233,9 @@ def _validate_instance_settings(cfg: PipelineConfig) -> None:
         # ROS string parameters and flags carry a list as "a car, a traffic light".
         queries = [q.strip() for q in queries.split(",")]
     if not isinstance(queries, (list, tuple)) or not all(isinstance(q, str) for q in queries):
-        raise ConfigError(f"detector_queries: {cfg.detector_queries!r} must be a list of strings (or one comma-separated string)")
+        raise ConfigError(
+            f"detector_queries: {cfg.detector_queries!r} must be a list of strings (or one comma-separated string)"
+        )
     cfg.detector_queries = [q.strip() for q in queries if q.strip()]
     _check_float(cfg, "detector_score_threshold", 0.0, 1.0)
     _check_int(cfg, "detector_top_k", 1, 1000)

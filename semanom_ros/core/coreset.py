@@ -52,7 +52,9 @@ def coreset_target_size(num_vectors: int, fraction: float | None = None, count: 
         raise ConfigError("coreset: give exactly one of a fraction (0, 1] or a count (>= 1) of vectors to keep")
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
-            raise ConfigError(f"coreset fraction: {fraction!r} must be in (0, 1], e.g. 0.25 keeps a quarter of the vectors")
+            raise ConfigError(
+                f"coreset fraction: {fraction!r} must be in (0, 1], e.g. 0.25 keeps a quarter of the vectors"
+            )
         return max(1, min(num_vectors, int(round(float(fraction) * num_vectors))))
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or int(count) < 1:
         raise ConfigError(f"coreset size: {count!r} must be an integer >= 1 (vectors to keep)")
@@ -197,7 +199,7 @@ class CoresetResult:
 
     @property
     def shrink_factor(self) -> float:
-        """from / to, e.g. 4.0 for a quarter of the vectors."""
+        """Reduction ratio, from / to, e.g. 4.0 for a quarter of the vectors."""
         return self.from_vectors / self.to_vectors if self.to_vectors else float("inf")
 
     def describe(self) -> dict[str, Any]:
@@ -233,7 +235,9 @@ def coreset_bank(
     small = subsample_bank(bank, keep)
     result = CoresetResult(small, len(bank), len(small), time.perf_counter() - t0, int(seed), int(projection_dim))
     info = result.describe()
-    info["requested"] = {"fraction": fraction} if fraction is not None else {"count": int(count)}  # type: ignore[arg-type]
+    info["requested"] = (
+        {"fraction": fraction} if fraction is not None else {"count": int(count)}  # type: ignore[arg-type]
+    )
     previous = bank.extra.get("coreset")
     if previous:  # a coreset of a coreset: keep the chain
         info["previous"] = previous

@@ -223,8 +223,11 @@ class FeatureExtractor:
         return np.ascontiguousarray(chw.transpose(2, 0, 1))
 
     def can_preprocess_on_device(self, height: int, width: int) -> bool:
-        """Whether a frame of this size is resized on the device: both axes shrink (OpenCV's area
-        rule, reproduced exactly) or both grow (bilinear); mixed cases stay on the host."""
+        """Whether a frame of this size is resized on the device.
+
+        Yes when both axes shrink (OpenCV's area rule, reproduced exactly) or both grow (bilinear);
+        mixed cases stay on the host.
+        """
         if not self.preprocess_on_device:
             return False
         in_h, in_w = self.input_size(height, width)
@@ -246,8 +249,10 @@ class FeatureExtractor:
     # -- inference --------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, batch: np.ndarray | torch.Tensor, on_device: bool = False) -> tuple[Any, Any]:
-        """(B, 3, H', W') preprocessed frames -> (patch tokens (B, h*w, D), CLS (B, D)), unit rows;
-        numpy arrays, or torch tensors where the model runs with ``on_device``."""
+        """(B, 3, H', W') preprocessed frames -> (patch tokens (B, h*w, D), CLS (B, D)), unit rows.
+
+        NumPy arrays, or torch tensors where the model runs with ``on_device``.
+        """
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(batch)
         pixels = batch.to(self.device, non_blocking=True).to(self.dtype)
@@ -262,8 +267,11 @@ class FeatureExtractor:
         return self.extract_batch([rgb], on_device)[0]
 
     def extract_batch(self, frames: Sequence[np.ndarray], on_device: bool = False) -> list[Features]:
-        """Embed frames; frames of equal size share a forward pass. ``on_device`` leaves patches and
-        CLS as torch tensors where the model runs (only useful on a GPU, for a GPU index)."""
+        """Embed frames; frames of equal size share a forward pass.
+
+        ``on_device`` leaves patches and CLS as torch tensors where the model runs (only useful on a
+        GPU, for a GPU index).
+        """
         inputs: list[Any] = [
             self.preprocess_tensor(f) if self.can_preprocess_on_device(*f.shape[:2]) else self.preprocess(f)
             for f in validated_frames(frames, self.patch_size)

@@ -22,8 +22,10 @@ def load_ignore_mask(path: str | None) -> np.ndarray | None:
 
 
 class IgnoreMask:
-    """The pipeline's ignore mask (``ignore_mask``, ``ignore_patch_fraction``), resized to each frame
-    size once and cached, combined with masks that come with a frame."""
+    """The pipeline's ignore mask (``ignore_mask``, ``ignore_patch_fraction``).
+
+    Resized to each frame size once and cached, combined with masks that come with a frame.
+    """
 
     def __init__(self, pixels: np.ndarray | None, patch_fraction: float = 0.5) -> None:
         self.configured = pixels  # (H, W) bool at the mask file's own size, or None
@@ -52,8 +54,10 @@ class IgnoreMask:
     def with_frame(
         self, size: tuple[int, int], own: np.ndarray | None, what: str = "ignore mask shape"
     ) -> np.ndarray | None:
-        """The configured mask at ``size`` OR a frame's own (H, W) mask (ImageError naming ``what`` when
-        its shape differs from the frame's); None when neither is set."""
+        """The configured mask at ``size`` OR a frame's own (H, W) mask; None when neither is set.
+
+        ImageError naming ``what`` when the frame's mask shape differs from the frame's.
+        """
         base = self.pixels(size)
         if own is None:
             return base

@@ -33,10 +33,13 @@ from .threads import configure_threads
 
 
 def index_spec_for(config: PipelineConfig, bank: NominalBank) -> IndexSpec:
-    """The index a pipeline searches ``bank`` with: the bank's own settings (what it was built and
-    tuned with), overridden by each index setting the pipeline sets away from its default. So a
-    node left at ``index_type: auto`` / ``nprobe: 0`` uses the saved index as built, while
-    ``nprobe: 128`` changes only the search depth and ``index_type: hnsw`` re-indexes."""
+    """The index a pipeline searches ``bank`` with.
+
+    The bank's own settings (what it was built and tuned with), overridden by each index setting
+    the pipeline sets away from its default. So a node left at ``index_type: auto`` / ``nprobe: 0``
+    uses the saved index as built, while ``nprobe: 128`` changes only the search depth and
+    ``index_type: hnsw`` re-indexes.
+    """
     spec = IndexSpec.from_config(bank.config)
     defaults = PipelineConfig()
     if config.index_type != defaults.index_type:
@@ -187,8 +190,11 @@ class Monitor:
     def process_batch(
         self, frames: Sequence[np.ndarray], extra_ignores: Sequence[np.ndarray | None] | None = None
     ) -> list[AnomalyResult]:
-        """Score frames of several cameras together: frames of one size share a forward pass (one
-        batch on a GPU); each result is what :meth:`process` gives for that frame alone."""
+        """Score frames of several cameras together.
+
+        Frames of one size share a forward pass (one batch on a GPU); each result is what
+        :meth:`process` gives for that frame alone.
+        """
         if extra_ignores is not None and len(extra_ignores) != len(frames):
             raise ConfigError(f"extra_ignores: {len(extra_ignores)} masks for {len(frames)} frames")
         if not frames:

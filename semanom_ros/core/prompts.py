@@ -55,7 +55,9 @@ def parse_prompts(prompts: PromptSpec, templates: Sequence[str] = DEFAULT_TEMPLA
     if isinstance(prompts, Mapping):
         items = [(str(c), [str(p) for p in ([ps] if isinstance(ps, str) else ps)]) for c, ps in prompts.items()]
     elif isinstance(prompts, str):
-        raise ConfigError(f"prompts: {prompts!r} must be a list of entries such as ['road: asphalt road | road', 'sky']")
+        raise ConfigError(
+            f"prompts: {prompts!r} must be a list of entries such as ['road: asphalt road | road', 'sky']"
+        )
     else:
         items = []
         for entry in prompts:
@@ -173,13 +175,16 @@ class PromptScorer:
                     f"prompt_model: the OWLv2 checkpoint {self.source!r} has no usable tokenizer ({exc}); "
                     "download the full checkpoint (tokenizer files included)"
                 ) from None
-        return self._tokenizer(texts, padding="max_length", truncation=True, max_length=_QUERY_TOKENS, return_tensors="pt")
+        return self._tokenizer(texts, padding="max_length", truncation=True, max_length=_QUERY_TOKENS,
+                               return_tensors="pt")
 
     def set_prompts(self, nominal_prompts: PromptSpec = None, anomaly_prompts: PromptSpec = None) -> None:
         """Replace the prompts and re-embed them (run-time parameter change)."""
         nominal, anomaly = parse_prompts(nominal_prompts), parse_prompts(anomaly_prompts)
         if not nominal and not anomaly:
-            raise ConfigError("nominal_prompts / anomaly_prompts: give at least one concept, e.g. ['road', 'car', 'sky']")
+            raise ConfigError(
+                "nominal_prompts / anomaly_prompts: give at least one concept, e.g. ['road', 'car', 'sky']"
+            )
         clash = sorted(set(nominal) & set(anomaly))
         if clash:
             raise ConfigError(f"prompts: {clash} named both nominal and anomalous")

@@ -26,8 +26,10 @@ class AnomalyResult:
 
 
 class FrameLike(Protocol):
-    """A frame for bank building: RGB pixels and where it came from (optionally ``topic`` and
-    ``ignore``, an (H, W) bool mask of pixels to leave out)."""
+    """A frame for bank building: RGB pixels and where it came from.
+
+    Optionally ``topic`` and ``ignore``, an (H, W) bool mask of pixels to leave out.
+    """
 
     rgb: np.ndarray
     source: str

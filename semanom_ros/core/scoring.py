@@ -95,8 +95,10 @@ _QUANTILE_GRID = np.unique(
 
 
 def quantile_table(scores: np.ndarray) -> dict[str, list[float]]:
-    """Quantiles of ``scores`` on a fixed grid, dense where thresholds live: a stored table lets
-    alpha change later (at run time) without re-searching the bank."""
+    """Quantiles of ``scores`` on a fixed grid, dense where thresholds live.
+
+    A stored table lets alpha change later (at run time) without re-searching the bank.
+    """
     return {
         "q": [round(float(q), 6) for q in _QUANTILE_GRID],
         "value": [round(float(v), 6) for v in np.quantile(scores, _QUANTILE_GRID)],
@@ -181,8 +183,11 @@ def threshold_for_alpha(calibration: dict[str, Any], alpha: float, level: str | 
 
 
 def calibrate_instance_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
-    """``calibrate`` on an instance bank: each vector is one instance, so level "patch"
-    is per instance and "image" per frame's highest instance score. No spatial smoothing."""
+    """``calibrate`` on an instance bank.
+
+    Each vector is one instance, so level "patch" is per instance and "image" per frame's highest
+    instance score. No spatial smoothing.
+    """
     c = config
     with_instances = int((bank.frames["vec_count"] > 0).sum()) if bank.num_frames else 0
     if len(bank) < 2 or with_instances < 2:
@@ -208,8 +213,10 @@ def calibrate_instance_bank(bank: NominalBank, config: PipelineConfig, progress=
 
 
 def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
-    """Leave-one-out calibration of a patch or instance bank with the settings of ``config``
-    (alpha, k, window, max frames, smoothing, level); sets and returns ``bank.calibration``."""
+    """Leave-one-out calibration of a patch or instance bank; sets and returns ``bank.calibration``.
+
+    With the settings of ``config`` (alpha, k, window, max frames, smoothing, level).
+    """
     if bank.kind == INSTANCE_BANK_KIND:
         return calibrate_instance_bank(bank, config, progress)
     c = config
@@ -226,8 +233,10 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> 
 
 
 def calibrated_threshold(calibration: dict[str, Any] | None, config: PipelineConfig) -> float:
-    """The threshold a bank's calibration gives at ``config.alpha``; refuses a calibration made
-    with another k or smoothing than the pipeline scores with."""
+    """The threshold a bank's calibration gives at ``config.alpha``.
+
+    Refuses a calibration made with another k or smoothing than the pipeline scores with.
+    """
     if not calibration:
         raise BankError(
             "the bank is not calibrated and no threshold is set; run 'semanom-bank calibrate' or set 'threshold'"

@@ -36,5 +36,4 @@ def configure_threads(num_threads: int) -> int:
     return n
 
 
-
 __all__ = ["configure_threads", "resolve_num_threads"]

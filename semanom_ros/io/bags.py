@@ -39,7 +39,7 @@ _TYPESTORE: Any = None
 
 
 def ros2_typestore() -> Any:
-    """rosbags typestore (ROS 2 Humble types) for bags without embedded definitions and for writing."""
+    """The rosbags typestore (ROS 2 Humble types) for bags without embedded definitions and for writing."""
     global _TYPESTORE  # noqa: PLW0603 - built once; get_typestore costs ~0.1 s
     if _TYPESTORE is None:
         from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
@@ -100,7 +100,6 @@ class _RosbagsBag:
             return self.reader.deserialize(raw, msgtype)
         # A bag may embed definitions for some types only; AnyReader then knows no others.
         return ros2_typestore().deserialize_cdr(raw, msgtype)
-
 
 
 # --------------------------------------------------------------------------- opening
@@ -222,9 +221,11 @@ def _select_topic(
 
 
 def choose_image_topic(topics: Sequence[tuple[str, str, int]]) -> tuple[str, str, int] | None:
-    """(topic, msgtype, messages) a reader picks from ``list_image_topics`` rows when no topic is given:
-    the most messages; on a tie a raw Image beats .../compressed (lossless, no JPEG decode).
-    None when no image topic has a message."""
+    """(topic, msgtype, messages) a reader picks from ``list_image_topics`` rows when no topic is given.
+
+    The most messages; on a tie a raw Image beats .../compressed (lossless, no JPEG decode).
+    None when no image topic has a message.
+    """
     per_topic: dict[str, int] = {}
     types: dict[str, str] = {}
     for topic, msgtype, count in topics:
@@ -253,8 +254,6 @@ def _header_stamp_ns(msg: Any) -> int:
         return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
     except AttributeError:
         return 0
-
-
 
 
 # --------------------------------------------------------------------------- bag frames

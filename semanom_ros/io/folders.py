@@ -104,4 +104,3 @@ def _folder_frames(
         stats.yielded += 1
         rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         yield Frame(rgb=rgb, source=src, index=index, stamp_ns=stamp, topic=None, name=file.name)
-

@@ -1,5 +1,8 @@
-"""What every frame reader shares: the Frame record, skip counting with a warning budget, and the
-argument checks and file ordering of bag and folder readers (no reader code here)."""
+"""What every frame reader shares (no reader code here).
+
+The Frame record, skip counting with a warning budget, and the argument checks and file ordering
+of bag and folder readers.
+"""
 
 from __future__ import annotations
 
@@ -130,7 +133,7 @@ class BagTopic:
 
 
 def check_selection_args(stride: int, max_frames: int | None, min_interval_s: float) -> None:
-    """ValueError for a stride, frame limit or minimum interval no reader can apply."""
+    """The ValueError for a stride, frame limit or minimum interval no reader can apply."""
     if int(stride) < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if max_frames is not None and int(max_frames) < 0:

@@ -1,6 +1,8 @@
-"""One entry point for frames from any source: :func:`iter_frames` reads a rosbag2 bag
-(:mod:`semanom_ros.io.bags`) or an image folder (:mod:`semanom_ros.io.folders`) and yields
-:class:`Frame` records (:mod:`semanom_ros.io.frame_types`)."""
+"""One entry point for frames from any source.
+
+:func:`iter_frames` reads a rosbag2 bag (:mod:`semanom_ros.io.bags`) or an image folder
+(:mod:`semanom_ros.io.folders`) and yields :class:`Frame` records (:mod:`semanom_ros.io.frame_types`).
+"""
 
 from __future__ import annotations
 

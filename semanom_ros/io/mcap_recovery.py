@@ -155,8 +155,10 @@ class McapScan:
 
 
 class RecoveredMcapBag:
-    """MCAP file(s) rosbags cannot open, read sequentially up to the damage; ``typestore`` (rosbags)
-    deserializes the messages."""
+    """MCAP file(s) rosbags cannot open, read sequentially up to the damage.
+
+    ``typestore`` (rosbags) deserializes the messages.
+    """
 
     def __init__(self, files: list[Path], typestore: Any) -> None:
         self.typestore = typestore

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--labels", help="folder mode: CSV with a frame column and a label column; "
                      "bag mode: CSV/YAML of stamp ranges (start_ns,end_ns[,scenario] or start_s,end_s[,scenario])")
     src.add_argument("--label-column", help="label column of the CSV (default: anomalous/label/is_anomalous)")
-    src.add_argument("--group-column", help="scenario/group column of the CSV (default: scenario/group/object/category)")
+    src.add_argument("--group-column",
+                     help="scenario/group column of the CSV (default: scenario/group/object/category)")
     src.add_argument("--frame-column", help="frame-name column of the CSV (default: frame/image/file/filename/name)")
     src.add_argument("--resize-masks", action="store_true", help="resize masks of another size than their frame "
                      "(nearest neighbour, warned) instead of stopping with an error")
@@ -82,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pixel metrics sample every n-th pixel in each direction (default 4)")
     rp.add_argument("--examples", type=int, default=4, help="frames per row in examples.png (default 4)")
     rp.add_argument("--thresholds", type=_float_list, help="threshold sweep values (default: 25 over the score range)")
-    rp.add_argument("--min-areas", type=_int_list, help=f"min-area sweep values (default {','.join(map(str, DEFAULT_MIN_AREAS))})")
-    rp.add_argument("--alphas", type=_float_list, help=f"alpha sweep values (default {','.join(map(str, DEFAULT_ALPHAS))})")
+    rp.add_argument("--min-areas", type=_int_list,
+                    help=f"min-area sweep values (default {','.join(map(str, DEFAULT_MIN_AREAS))})")
+    rp.add_argument("--alphas", type=_float_list,
+                    help=f"alpha sweep values (default {','.join(map(str, DEFAULT_ALPHAS))})")
     rp.add_argument("--no-plots", action="store_true", help="write report.json and report.md only")
     rp.add_argument("--modes", action="store_true", help="also score scene-level modes (global embeddings: kNN, "
                     "k-NNN, k-Means, HDBSCAN; patch majority vote) and report their AUROC and ms/frame")
@@ -91,7 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "(adds the CLS modes; default: the bank's per-frame patch means)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
 
 
 def dataset_from_args(args: argparse.Namespace, sink: WarningSink) -> FolderDataset | BagDataset:
@@ -123,7 +125,9 @@ def dataset_from_args(args: argparse.Namespace, sink: WarningSink) -> FolderData
             label_column=args.label_column, group_column=args.group_column, frame_column=args.frame_column,
             resize_masks=args.resize_masks, max_frames=args.max_frames, sink=sink,
         )
-    raise EvalDataError("no data: pass --data DIR, --images DIR [--masks DIR] [--labels CSV], or --bag BAG --labels FILE")
+    raise EvalDataError(
+        "no data: pass --data DIR, --images DIR [--masks DIR] [--labels CSV], or --bag BAG --labels FILE"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,12 +19,14 @@ def add_pipeline_overrides(parser: argparse.ArgumentParser, model_help: str = "m
     ov.add_argument("--k", type=int, help="nearest neighbours per patch")
     ov.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     ov.add_argument("--input-height", type=int, help="backbone input height (must match the bank)")
-    ov.add_argument("--num-threads", type=int, help="torch and faiss CPU threads (0 = OMP_NUM_THREADS if set, else all cores)")
-    ov.add_argument("--nprobe", type=int, help="IVF nprobe / HNSW efSearch of the bank's saved index (0 = as tuned at build)")
+    ov.add_argument("--num-threads", type=int,
+                    help="torch and faiss CPU threads (0 = OMP_NUM_THREADS if set, else all cores)")
+    ov.add_argument("--nprobe", type=int,
+                    help="IVF nprobe / HNSW efSearch of the bank's saved index (0 = as tuned at build)")
 
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """PipelineConfig fields set on the command line (unset flags left out)."""
+    """The PipelineConfig fields set on the command line (unset flags left out)."""
     overrides = {
         "model": args.model,
         "threshold": args.threshold,

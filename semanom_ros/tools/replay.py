@@ -42,10 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bag", help="input rosbag2 bag (directory, .mcap or .db3)")
     p.add_argument("--bank", required=True, help="bank directory (its manifest gives the pipeline settings)")
-    p.add_argument("-o", "--output", required=True, help="output bag: NAME or NAME.mcap -> directory NAME/ with NAME.mcap")
+    p.add_argument("-o", "--output", required=True,
+                   help="output bag: NAME or NAME.mcap -> directory NAME/ with NAME.mcap")
     p.add_argument("--topic", help="image topic (default: the one with most messages)")
-    p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help=f"prefix of the output topics (default {DEFAULT_NAMESPACE})")
-    p.add_argument("--all-topics", action="store_true", help="copy every topic of the input bag, not just the image topic")
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE,
+                   help=f"prefix of the output topics (default {DEFAULT_NAMESPACE})")
+    p.add_argument("--all-topics", action="store_true",
+                   help="copy every topic of the input bag, not just the image topic")
     p.add_argument("--no-overlay", action="store_true", help="do not render the overlay image")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")

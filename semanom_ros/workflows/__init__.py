@@ -1,3 +1,5 @@
-"""Library code both front ends use (the nodes in :mod:`semanom_ros.nodes`, the command-line tools in
-:mod:`semanom_ros.tools`): settings, bank building and maintenance, evaluation and reports, replay.
-No rclpy node code and no argparse here."""
+"""Library code both front ends use: settings, bank building and maintenance, evaluation and reports, replay.
+
+The front ends are the nodes in :mod:`semanom_ros.nodes` and the command-line tools in
+:mod:`semanom_ros.tools`. No rclpy node code and no argparse here.
+"""

@@ -119,7 +119,10 @@ class BuildSummary:
         return out
 
     def format_text(self) -> str:
-        lines = [f"{'appended to' if self.appended else 'built'} {self.output}  ({self.mode} bank, {self.model} at input height {self.input_height})"]
+        lines = [
+            f"{'appended to' if self.appended else 'built'} {self.output}  "
+            f"({self.mode} bank, {self.model} at input height {self.input_height})"
+        ]
         for s in self.sources:
             what = f"{s.path}" + (f"  {s.topic}" if s.topic else "")
             if s.error:
@@ -128,14 +131,18 @@ class BuildSummary:
             if s.kind == "bag":
                 span = format_span(s.first_stamp_ns, s.last_stamp_ns)
             else:  # folder stamps are file index / fps, not clock times
-                span = f", {((s.last_stamp_ns or 0) - (s.first_stamp_ns or 0)) / 1e9:.2f} s" if s.first_stamp_ns is not None else ""
+                span = (
+                    f", {((s.last_stamp_ns or 0) - (s.first_stamp_ns or 0)) / 1e9:.2f} s"
+                    if s.first_stamp_ns is not None else ""
+                )
             extra = f", reading stopped early {s.read_errors}x (damaged)" if s.read_errors else ""
             unit = "msgs" if s.kind == "bag" else "files"
             lines.append(f"  source   {what}: {s.messages} {unit}, {s.decoded} decoded, {s.used} used{extra}{span}")
         skipped = {k: v for k, v in self.skipped.items() if v}
         skip_text = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()) or "none"
         lines += [
-            f"  frames   {self.messages} messages, {self.decoded} decoded, {self.frames_used} used; skipped: {skip_text}",
+            f"  frames   {self.messages} messages, {self.decoded} decoded, {self.frames_used} used; "
+            f"skipped: {skip_text}",
             f"  vectors  {self.vectors_added} added"
             + (f" ({self.patches_ignored} patches left out by the ignore mask)" if self.patches_ignored else "")
             + f"; bank now {self.vectors_total} vectors in {self.frames_total} frames",
@@ -149,8 +156,8 @@ class BuildSummary:
         if self.calibration:
             cal = self.calibration
             lines.append(
-                f"  calib    threshold {cal['threshold']:.4f} at alpha {cal['alpha']} ({cal['level']} level, k {cal['k']}, "
-                f"window {cal['window']}, {cal['frames_scored']} frames scored)"
+                f"  calib    threshold {cal['threshold']:.4f} at alpha {cal['alpha']} "
+                f"({cal['level']} level, k {cal['k']}, window {cal['window']}, {cal['frames_scored']} frames scored)"
             )
         elif self.calibration_error:
             lines.append(f"  calib    FAILED: {self.calibration_error}")
@@ -196,7 +203,9 @@ def build_bank(
     warnings = _CountingLogger(logger)
     output = Path(output).expanduser().absolute()
     if config.mode == "combined":
-        raise BuildError("mode combined uses two banks; build a patch bank and an instance bank (--mode instance) separately")
+        raise BuildError(
+            "mode combined uses two banks; build a patch bank and an instance bank (--mode instance) separately"
+        )
     if config.mode == "instance" and options.dedup_similarity is not None:
         raise BuildError("dedup_similarity applies to patch banks; drop it for --mode instance")
     check_output(output, options.append)
@@ -209,7 +218,9 @@ def build_bank(
         existing = NominalBank.load(output)
         wanted = "instance" if config.mode == "instance" else "patch"
         if existing.kind != wanted:
-            raise BuildError(f"--append: the bank at {output} is a {existing.kind!r} bank, this build makes a {wanted!r} bank")
+            raise BuildError(
+                f"--append: the bank at {output} is a {existing.kind!r} bank, this build makes a {wanted!r} bank"
+            )
         if existing.extra.get("coreset"):
             warnings.warning(
                 f"appending to a coreset bank ({output}): its old frames keep only their coreset vectors; "
@@ -218,7 +229,10 @@ def build_bank(
         known = {(s.name, s.topic) for s in existing.sources}
         for plan in plans:
             if (plan.summary.path, plan.summary.topic) in known:
-                warnings.warning(f"{plan.summary.path} ({plan.summary.topic or 'folder'}) is already in the bank; its frames are added again")
+                warnings.warning(
+                    f"{plan.summary.path} ({plan.summary.topic or 'folder'}) is already in the bank; "
+                    "its frames are added again"
+                )
 
     t0 = time.perf_counter()
     builder = _make_builder(config, existing, extractor)

@@ -134,10 +134,13 @@ def _parse_label(value: str, where: str) -> int:
     raise EvalDataError(f"{where}: label {value!r} is not 0/1 (or true/false, anomalous/nominal)")
 
 
-def _pick_column(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, csv_path: Path) -> str | None:
+def _pick_column(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str,
+                 csv_path: Path) -> str | None:
     if wanted is not None:
         if wanted not in columns:
-            raise EvalDataError(f"labels file {csv_path} has no column {wanted!r} ({what}); its columns: {list(columns)}")
+            raise EvalDataError(
+                f"labels file {csv_path} has no column {wanted!r} ({what}); its columns: {list(columns)}"
+            )
         return wanted
     lower = {c.lower(): c for c in columns}
     return next((lower[c] for c in candidates if c in lower), None)
@@ -194,10 +197,15 @@ class FolderDataset:
             by_stem[p.stem] = p
         mask_files = {}
         if self.masks is not None:
-            for p in sorted(image_files(self.masks, MASK_EXTENSIONS), key=lambda q: MASK_EXTENSIONS.index(q.suffix.lower())):
+            masks_by_extension = sorted(
+                image_files(self.masks, MASK_EXTENSIONS), key=lambda q: MASK_EXTENSIONS.index(q.suffix.lower())
+            )
+            for p in masks_by_extension:
                 mask_files.setdefault(p.stem, p)
             if not mask_files:
-                self.sink.warning(f"mask folder {self.masks} holds no {'/'.join(MASK_EXTENSIONS)} files; no pixel metrics")
+                self.sink.warning(
+                    f"mask folder {self.masks} holds no {'/'.join(MASK_EXTENSIONS)} files; no pixel metrics"
+                )
         self.mask_files: dict[str, Path] = mask_files
 
         rows: dict[str, _LabelRow] = {}
@@ -257,10 +265,13 @@ class FolderDataset:
         label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
         group_col = _pick_column(columns, group_column, GROUP_COLUMNS, "group", path)
         if frame_col is None:
-            raise EvalDataError(f"labels file {path} has no frame column (one of {FRAME_COLUMNS}); its columns: {columns}")
+            raise EvalDataError(
+                f"labels file {path} has no frame column (one of {FRAME_COLUMNS}); its columns: {columns}"
+            )
         if label_col is None:
             raise EvalDataError(
-                f"labels file {path} has no label column (one of {LABEL_COLUMNS}); pass --label-column; its columns: {columns}"
+                f"labels file {path} has no label column (one of {LABEL_COLUMNS}); pass --label-column; "
+                f"its columns: {columns}"
             )
         self.frame_column, self.label_column, self.group_column = frame_col, label_col, group_col
         rows: dict[str, _LabelRow] = {}
@@ -323,7 +334,8 @@ class FolderDataset:
                     "fix the mask or pass --resize-masks to resize it (nearest neighbour)"
                 )
             self.sink.warning(
-                f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, its frame {shape[1]}x{shape[0]}: resized (nearest neighbour)"
+                f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, its frame {shape[1]}x{shape[0]}: "
+                "resized (nearest neighbour)"
             )
             mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
         return mask > 0
@@ -403,7 +415,9 @@ def _range_from_mapping(entry: dict[str, Any], where: str) -> LabelRange:
     elif "start_s" in keys or "end_s" in keys:
         start, end, relative = keys.get("start_s"), keys.get("end_s"), True
     else:
-        raise EvalDataError(f"{where}: needs start_ns,end_ns (absolute stamps) or start_s,end_s (seconds after the bag's first frame)")
+        raise EvalDataError(
+            f"{where}: needs start_ns,end_ns (absolute stamps) or start_s,end_s (seconds after the bag's first frame)"
+        )
     try:
         if relative:
             start_v, end_v = float(start), float(end)
@@ -419,8 +433,11 @@ def _range_from_mapping(entry: dict[str, Any], where: str) -> LabelRange:
 
 
 def read_bag_labels(path: str | Path) -> list[LabelRange]:
-    """Stamp ranges from a CSV (header start_ns,end_ns[,scenario] or start_s,end_s[,scenario]) or a YAML list
-    of such mappings (optionally under a ``ranges:`` key)."""
+    """Stamp ranges from a CSV or a YAML file.
+
+    CSV header start_ns,end_ns[,scenario] or start_s,end_s[,scenario]; YAML: a list of such mappings
+    (optionally under a ``ranges:`` key).
+    """
     path = Path(path)
     if not path.is_file():
         raise EvalDataError(f"labels file {path} does not exist")
@@ -486,7 +503,9 @@ class BagDataset:
         counts = {t: n for t, _, n in topics}
         self.topic = topic
         if topic is not None and topic not in counts:
-            raise EvalDataError(f"topic {topic!r} is not an image topic of bag {self.bag}; image topics: {sorted(counts)}")
+            raise EvalDataError(
+                f"topic {topic!r} is not an image topic of bag {self.bag}; image topics: {sorted(counts)}"
+            )
         self._expected = counts.get(topic) if topic else (max(counts.values()) if counts else 0)
         if max_frames is not None:
             self._expected = min(self._expected, int(max_frames))
@@ -518,7 +537,8 @@ class BagDataset:
 
     def __iter__(self) -> Iterator[LabelledFrame]:
         try:
-            frames = iter_bag_frames(self.bag, self.topic, max_frames=self.max_frames, stats=self.stats, logger=self.sink)
+            frames = iter_bag_frames(self.bag, self.topic, max_frames=self.max_frames, stats=self.stats,
+                                     logger=self.sink)
         except ValueError as exc:
             raise EvalDataError(str(exc)) from None
         overlaps = []

@@ -1,7 +1,8 @@
-"""Evaluation of a bank on labelled frames: every frame goes once through the same
-:class:`~semanom_ros.core.monitor.Monitor` the ROS node uses; the report, its sweeps and plots are
-made from what that pass keeps (:mod:`semanom_ros.workflows.report`,
-:mod:`semanom_ros.workflows.report_files`).
+"""Evaluation of a bank on labelled frames.
+
+Every frame goes once through the same :class:`~semanom_ros.core.monitor.Monitor` the ROS node
+uses; the report, its sweeps and plots are made from what that pass keeps
+(:mod:`semanom_ros.workflows.report`, :mod:`semanom_ros.workflows.report_files`).
 
 Output folder: ``report.json`` (keys documented in the README), ``report.md``, ``roc.png``,
 ``pr.png``, ``f1_vs_threshold.png``, ``min_area_sweep.png``, ``examples.png``.
@@ -34,6 +35,7 @@ __all__ = ["ExampleCollector", "evaluate_frames", "run_evaluation", "scene_modes
 
 _log = logging.getLogger("semanom_ros.eval")
 
+
 class ExampleCollector:
     """Keeps the overlays of the few frames examples.png shows, rendering only those that qualify."""
 
@@ -62,7 +64,8 @@ class ExampleCollector:
         overlay = cv2.cvtColor(monitor.overlay(frame.rgb, result), cv2.COLOR_BGR2RGB)
         h, w = overlay.shape[:2]
         if w > self.thumb_width:
-            overlay = cv2.resize(overlay, (self.thumb_width, round(h * self.thumb_width / w)), interpolation=cv2.INTER_AREA)
+            overlay = cv2.resize(overlay, (self.thumb_width, round(h * self.thumb_width / w)),
+                                 interpolation=cv2.INTER_AREA)
         item = Example(frame.name, float(result.score), frame.label, frame.group, overlay)
         entry = (key, next(self._seq), item)
         if len(heap) < self.n:
@@ -72,7 +75,6 @@ class ExampleCollector:
 
     def selected(self) -> dict[str, list[Example]]:
         return {c: [e[2] for e in sorted(h, key=lambda e: (-e[0], e[1]))] for c, h in self._heaps.items()}
-
 
 
 def evaluate_frames(
@@ -139,7 +141,6 @@ def evaluate_frames(
         wall_s=time.perf_counter() - t_start,
         pixel_stride=stride,
     )
-
 
 
 def _threshold_source(cfg: PipelineConfig) -> str:
@@ -217,4 +218,6 @@ def scene_modes_report(monitor: Monitor, run: EvalRun, options: EvalOptions) -> 
         # Scoring time after the shared backbone forward, and the end-to-end figure with it.
         entry["scoring_ms_per_frame"] = entry.get("ms_per_frame")
         entry["median_ms_per_frame"] = feature_ms + float(entry.get("ms_per_frame") or 0.0)
-    return {f"scene/{name}" if not name.startswith("patch") else name: v for name, v in table.items() if name != "patch"}
+    return {
+        f"scene/{name}" if not name.startswith("patch") else name: v for name, v in table.items() if name != "patch"
+    }

@@ -1,6 +1,7 @@
-"""What an evaluation keeps of each frame (:class:`FrameRecord`, :class:`EvalRun`) and the figures made
-of it: image and pixel metrics overall and per group, the threshold / alpha / minimum-area sweeps
-and timings, as the JSON-ready report (:func:`build_report`; keys documented in the README).
+"""What an evaluation keeps of each frame (:class:`FrameRecord`, :class:`EvalRun`) and the figures made of it.
+
+Image and pixel metrics overall and per group, the threshold / alpha / minimum-area sweeps and
+timings, as the JSON-ready report (:func:`build_report`; keys documented in the README).
 
 The sweeps re-derive the maps from each frame's kept patch score grid with
 :mod:`semanom_ros.core.maps`, so they cost no second forward pass.
@@ -108,7 +109,6 @@ class Example:
     thumbnail: np.ndarray  # RGB
 
 
-
 @dataclass
 class EvalRun:
     """Everything one pass over the frames keeps (what the report and the plots are made of)."""
@@ -120,7 +120,6 @@ class EvalRun:
     min_area_px: int
     wall_s: float
     pixel_stride: int
-
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -142,8 +141,10 @@ def sweep_operating_points(
     operating_min_area: int,
     stride: int,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Image decisions (and sampled-pixel IoU) for every threshold at the operating minimum area,
-    and for every minimum area at the operating threshold.
+    """Image decisions (and sampled-pixel IoU) over thresholds and over minimum areas.
+
+    For every threshold at the operating minimum area, and for every minimum area at the operating
+    threshold.
 
     Each frame's map is re-derived from its patch grid once (``upsample_scores``) and thresholded
     with the monitor's own ``threshold_components``, so the operating point reproduces the
@@ -188,10 +189,12 @@ def sweep_operating_points(
         return out
 
     threshold_rows = [
-        row({"threshold": t, "min_area_px": int(operating_min_area)}, t_dec[i], t_iou[i]) for i, t in enumerate(thresholds)
+        row({"threshold": t, "min_area_px": int(operating_min_area)}, t_dec[i], t_iou[i])
+        for i, t in enumerate(thresholds)
     ]
     area_rows = [
-        row({"threshold": float(operating_threshold), "min_area_px": a}, a_dec[i], a_iou[i]) for i, a in enumerate(min_areas)
+        row({"threshold": float(operating_threshold), "min_area_px": a}, a_dec[i], a_iou[i])
+        for i, a in enumerate(min_areas)
     ]
     return threshold_rows, area_rows
 
@@ -211,7 +214,9 @@ def _timings(run: EvalRun) -> dict[str, Any]:
         "median_ms_per_frame": median_or_none(totals),
         "p90_ms_per_frame": float(np.percentile(totals, 90)) if totals else None,
         "mean_ms_per_frame": float(np.mean(totals)) if totals else None,
-        "median_ms_by_stage": {s: median_or_none([r.timings_ms[s] for r in run.records if s in r.timings_ms]) for s in stages},
+        "median_ms_by_stage": {
+            s: median_or_none([r.timings_ms[s] for r in run.records if s in r.timings_ms]) for s in stages
+        },
         "wall_s": float(run.wall_s),
         "frames_per_s": len(totals) / run.wall_s if run.wall_s > 0 else None,
     }
@@ -306,7 +311,10 @@ def build_report(
             f"the sweeps re-derive decisions with the patch component rule (threshold + minimum area); this run "
             f"uses mode {mode!r} with image_decision {decision!r}, so sweep rows do not reproduce its decisions"
         )
-    thresholds = list(options.thresholds) if options.thresholds else _auto_thresholds(records, run.threshold, DEFAULT_THRESHOLD_STEPS)
+    thresholds = (
+        list(options.thresholds) if options.thresholds
+        else _auto_thresholds(records, run.threshold, DEFAULT_THRESHOLD_STEPS)
+    )
     alpha_rows_meta: list[tuple[float, float]] = []
     if calibration.get(f"{cfg.calibration_level}_scores", {}).get("table"):
         for a in sorted(set(options.alphas) | ({float(cfg.alpha)} if cfg.threshold is None else set())):

@@ -116,7 +116,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"k={meta['config']['k']}, device {meta['config']['device']}",
         f"- operating point: threshold {op['threshold']:.4f} ({op['threshold_source']}), "
         f"min component area {op['min_area_px']} px",
-        f"- time per frame: median {_f(timings['median_ms_per_frame'], 1)} ms, p90 {_f(timings['p90_ms_per_frame'], 1)} ms "
+        f"- time per frame: median {_f(timings['median_ms_per_frame'], 1)} ms, "
+        f"p90 {_f(timings['p90_ms_per_frame'], 1)} ms "
         "(" + ", ".join(f"{k} {_f(v, 1)} ms" for k, v in timings["median_ms_by_stage"].items()) + ")",
         f"- created {meta['created_utc']}, semanom_ros {meta['semanom_ros_version']}",
         "",
@@ -144,9 +145,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "## Pixel level",
             "",
-            f"Frames with masks; AUROC, AP and FPR at 95 % TPR over every {o['pixel_stride']}th pixel in each direction; "
-            "IoU of the filtered binary map with the mask at full resolution (pooled over frames; mean IoU averages "
-            "frames with a non-empty mask).",
+            f"Frames with masks; AUROC, AP and FPR at 95 % TPR over every {o['pixel_stride']}th pixel in each "
+            "direction; IoU of the filtered binary map with the mask at full resolution (pooled over frames; mean "
+            "IoU averages frames with a non-empty mask).",
             "",
         ]
         cols = ["frames", "n", "pixels", "anomalous px", "AUROC", "AP", "FPR@95TPR", "IoU", "mean IoU"]
@@ -269,7 +270,8 @@ def plot_pr(report: dict[str, Any], run: EvalRun, path: Path) -> None:
                 label=f"best F1 {best['f1']:.3f} (score >= {best['threshold']:.3f})")
     if _two_classes(py):
         p, r, _ = precision_recall_curve(py, ps)
-        ax.plot(r, p, label=f"pixel (AP {report['pixel']['overall']['ap']:.3f})", color="tab:orange", drawstyle="steps-post")
+        ax.plot(r, p, label=f"pixel (AP {report['pixel']['overall']['ap']:.3f})", color="tab:orange",
+                drawstyle="steps-post")
         ax.axhline(py.mean(), linestyle=":", color="tab:orange", linewidth=1)
     if img["precision"] is not None and img["recall"] is not None:
         ax.plot([img["recall"]], [img["precision"]], "o", color="tab:red",
@@ -305,7 +307,8 @@ def plot_threshold_sweep(report: dict[str, Any], path: Path) -> None:
     rows = sweeps["threshold"]
     _metric_lines(ax, [r["threshold"] for r in rows], rows)
     ax.axvline(op["threshold"], color="tab:red", linewidth=1, label=f"operating {op['threshold']:.3f}")
-    ax.set(xlabel="score threshold", ylabel="image-level figure", title=f"vs threshold (min area {op['min_area_px']} px)")
+    ax.set(xlabel="score threshold", ylabel="image-level figure",
+           title=f"vs threshold (min area {op['min_area_px']} px)")
     ax.legend(fontsize=8)
     if panels == 2:
         ax = axes[0][1]

@@ -1,5 +1,7 @@
-"""Scene-level modes side by side: image AUROC and scoring time of each global-embedding method
-next to the Monitor's patch modes, on frames whose features are already computed."""
+"""Scene-level modes side by side, on frames whose features are already computed.
+
+Image AUROC and scoring time of each global-embedding method next to the Monitor's patch modes.
+"""
 from __future__ import annotations
 
 import time
@@ -108,7 +110,9 @@ def evaluate_scene_modes(
             continue
         emb, _, method = mode.partition("_")
         if emb not in GLOBAL_EMBEDDINGS or method not in SCENE_METHODS:
-            raise ConfigError(f"mode {mode!r} is not 'patch', 'patch_majority' or '<cls|mean>_<{'|'.join(SCENE_METHODS)}>'")
+            raise ConfigError(
+                f"mode {mode!r} is not 'patch', 'patch_majority' or '<cls|mean>_<{'|'.join(SCENE_METHODS)}>'"
+            )
         if emb not in scorers:
             scorer = SceneScorer(method, emb, knnn_m, kmeans_k_range, hdbscan_min_cluster_size,
                                  knnn_exclude_window=knnn_exclude_window)
@@ -160,7 +164,6 @@ def format_modes_table(modes: Mapping[str, Mapping[str, Any]]) -> str:
             f"{f(r.get('best_balanced_accuracy'), '.3f')} | {f(r.get('ms_per_frame'), '.3f')} |"
         )
     return "\n".join(lines)
-
 
 
 __all__ = ["DEFAULT_MODES", "evaluate_scene_modes", "format_modes_table"]

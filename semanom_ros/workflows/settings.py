@@ -109,7 +109,9 @@ class BuildOptions:
         if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not float(self.fps) > 0:
             raise ConfigError(f"fps: {self.fps!r} must be > 0 (frames per second of an image folder)")
         if self.coreset_fraction is not None and self.coreset_size is not None:
-            raise ConfigError("coreset: give either a fraction (--coreset-fraction) or a size (--coreset-size), not both")
+            raise ConfigError(
+                "coreset: give either a fraction (--coreset-fraction) or a size (--coreset-size), not both"
+            )
         if self.coreset_fraction is not None or self.coreset_size is not None:
             coreset_target_size(1, self.coreset_fraction, self.coreset_size)  # argument checks only
         return self
@@ -126,8 +128,11 @@ NODE_ONLY_KEYS = frozenset({"output_bank", "sources", "input_type", "reliability
 
 
 def read_parameter_file(path: str | Path) -> dict[str, Any]:
-    """The settings of a YAML file: a flat mapping, or a ROS parameter file's
-    ``node: {ros__parameters: {...}}`` (e.g. ``config/bank_builder.yaml``)."""
+    """The settings of a YAML file.
+
+    A flat mapping, or a ROS parameter file's ``node: {ros__parameters: {...}}`` (e.g.
+    ``config/bank_builder.yaml``).
+    """
     import yaml
 
     path = Path(path).expanduser()
@@ -215,8 +220,9 @@ def resolve_build_settings(
     pipeline_overrides: Mapping[str, Any] | None = None,
     build_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[PipelineConfig, BuildOptions]:
-    """Settings of a bank build: defaults < the existing bank's (when appending) < the YAML file <
-    explicit values; unset values (:func:`is_unset`) in any layer leave the one below.
+    """Settings of a bank build: defaults < the existing bank's (when appending) < the YAML file < explicit values.
+
+    Unset values (:func:`is_unset`) in any layer leave the one below.
 
     Local model folders and the ignore mask become absolute paths, so the manifest stays valid
     from any working directory.

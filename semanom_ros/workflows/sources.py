@@ -1,5 +1,6 @@
-"""The sources of a bank build: which bags / image folders, which topic, which frames, and a reader
-thread that decodes the next frames while the model embeds the current batch.
+"""The sources of a bank build: which bags / image folders, which topic, which frames, and a reader thread.
+
+The reader thread decodes the next frames while the model embeds the current batch.
 
 Data faults never stop a build halfway: a bag that cannot be opened or lacks the topic is
 recorded in its :class:`SourceSummary` (``error``) and skipped; only a build with no usable
@@ -30,6 +31,7 @@ from .errors import BuildError
 from .settings import BuildOptions
 
 __all__ = ["FramePrefetcher", "SourcePlan", "SourceSummary", "plan_sources"]
+
 
 @dataclass
 class SourceSummary:
@@ -79,7 +81,9 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
     for given in sources:
         path = Path(given).expanduser()
         if not path.exists():
-            raise BuildError(f"source {str(given)!r} does not exist; pass rosbag2 bags (directory, .mcap or .db3) or image folders")
+            raise BuildError(
+                f"source {str(given)!r} does not exist; pass rosbag2 bags (directory, .mcap or .db3) or image folders"
+            )
         name = str(path.resolve())
         stats = SkipStats()
         if is_bag_path(path):
@@ -97,7 +101,8 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
                     bases = {t.removesuffix("/compressed") for t, _, c in topics if c}
                     if chosen is not None and len(bases) > 1:
                         logger.warning(
-                            f"Bag {name!r} has several image topics ({', '.join(f'{t} [{c} msgs]' for t, _, c in topics)}); "
+                            f"Bag {name!r} has several image topics "
+                            f"({', '.join(f'{t} [{c} msgs]' for t, _, c in topics)}); "
                             f"using {chosen[0]!r} (most messages); pass --topic to choose another"
                         )
                 start_ns = end_ns = None

@@ -1,6 +1,9 @@
-"""Instance mode's pipeline: OWLv2 boxes (detector) -> SAM 2 masks (segmenter) -> mask-averaged
-DINOv2 embeddings (embeddings), the instance bank builder and overlay drawing. Scoring is
-:mod:`semanom_ros.core.scorers.instance`."""
+"""Instance mode's pipeline: OWLv2 boxes -> SAM 2 masks -> mask-averaged DINOv2 embeddings.
+
+Modules: detector (OWLv2 boxes), segmenter (SAM 2 masks), embeddings (mask-averaged DINOv2
+embeddings), the instance bank builder and overlay drawing. Scoring is
+:mod:`semanom_ros.core.scorers.instance`.
+"""
 from .builder import InstanceBankBuilder, build_instance_bank
 from .detector import BoxProposer, merge_overlapping_boxes
 from .drawing import draw_instances

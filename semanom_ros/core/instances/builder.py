@@ -71,8 +71,10 @@ def build_instance_bank(
     pipeline: InstancePipeline | None = None,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> NominalBank:
-    """Build (or extend ``bank``), calibrate and (when ``output`` is given) atomically save an
-    instance bank from nominal frames. What ``semanom-bank build --mode instance`` calls."""
+    """Build (or extend ``bank``), calibrate and (when ``output`` is given) atomically save an instance bank.
+
+    From nominal frames. What ``semanom-bank build --mode instance`` calls.
+    """
     builder = InstanceBankBuilder(config, pipeline=pipeline, bank=bank)
     builder.add_all(frames, progress)
     if calibrate:
@@ -85,7 +87,6 @@ def build_instance_bank(
     if output is not None:
         builder.bank.save(output)
     return builder.bank
-
 
 
 __all__ = ["InstanceBankBuilder", "build_instance_bank"]

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ImageError, ModelError
+from ..errors import ConfigError, ModelError
 from ..features import resolve_device, resolve_dtype, validate_rgb, weights_fingerprint
 
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"

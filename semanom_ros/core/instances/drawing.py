@@ -27,9 +27,9 @@ def draw_instances(overlay_bgr: np.ndarray, instances: Sequence[Instance], thick
         text = f"{inst.index}:{inst.label[:24]} {inst.score:.2f}"
         origin = (max(0, x), max(12, y - 4))
         cv2.putText(overlay_bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(overlay_bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, max(1, thickness - 1), cv2.LINE_AA)
+        cv2.putText(overlay_bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, max(1, thickness - 1),
+                    cv2.LINE_AA)
     return overlay_bgr
-
 
 
 __all__ = ["draw_instances"]

@@ -86,5 +86,4 @@ def mask_average_embeddings(
     return MaskEmbeddings(vectors, idx, area[idx].astype(np.float32), dropped)
 
 
-
 __all__ = ["MaskEmbeddings", "mask_average_embeddings", "patch_coverage"]

@@ -7,8 +7,9 @@ traffic light on a truck or a stop sign on a billboard is judged as one object:
    class-agnostically from its objectness score; duplicates and nested parts are merged.
 2. :class:`~semanom_ros.core.instances.segmenter.Sam2Segmenter` (SAM 2) turns every box into a mask, all
    boxes of a frame in one batch over one image embedding.
-3. :func:`~semanom_ros.core.instances.embeddings.mask_average_embeddings` averages the frame's DINOv2 patch embeddings under each mask,
-   each patch weighted by the fraction of it the mask covers, and normalises the mean.
+3. :func:`~semanom_ros.core.instances.embeddings.mask_average_embeddings` averages the frame's DINOv2 patch
+   embeddings under each mask, each patch weighted by the fraction of it the mask covers, and normalises
+   the mean.
 4. The instance embedding is scored against an instance bank (``NominalBank(kind="instance")``,
    one vector per nominal instance) exactly like a patch: score = 1 - max cosine similarity
    (mean of the k nearest for k > 1); the threshold is the alpha-quantile of leave-one-out
@@ -112,8 +113,11 @@ class InstancePipeline:
     def detect(
         self, rgb: np.ndarray, features: Features | None = None, ignore: np.ndarray | None = None
     ) -> DetectedInstances:
-        """Instances of one frame; ``features`` (DINOv2 of this frame) is computed when not given,
-        ``ignore`` (H, W) bool pixels are cut out of every mask before averaging."""
+        """Instances of one frame.
+
+        ``features`` (DINOv2 of this frame) is computed when not given, ``ignore`` (H, W) bool
+        pixels are cut out of every mask before averaging.
+        """
         validate_rgb(rgb, min_side=self.extractor.patch_size)
         size = (rgb.shape[0], rgb.shape[1])
         timings: dict[str, float] = {}
@@ -202,10 +206,11 @@ def check_instance_bank(bank: NominalBank, pipeline: InstancePipeline, where: st
             )
     theirs_q = (recorded.get("detector") or {}).get("queries")
     if theirs_q is not None and list(theirs_q) != list(ours["detector"]["queries"]):
-        problems.append(f"detector_queries: the {where} was built with {theirs_q}, the pipeline uses {ours['detector']['queries']}")
+        problems.append(
+            f"detector_queries: the {where} was built with {theirs_q}, the pipeline uses {ours['detector']['queries']}"
+        )
     if problems:
         raise BankMismatchError("; ".join(problems) + ". Rebuild the instance bank or set the pipeline to match.")
-
 
 
 __all__ = ["DetectedInstances", "INSTANCE_BANK_KIND", "Instance", "InstancePipeline", "check_instance_bank"]

@@ -181,7 +181,9 @@ class Sam2Segmenter:
     def encode(self, rgb: np.ndarray) -> list[torch.Tensor]:
         """SAM 2's image embedding of a frame (transformers backend): the expensive part, once per frame."""
         if self.backend != "transformers":
-            raise ConfigError("encode/decode are the transformers backend's steps; call segment() with the sam2 backend")
+            raise ConfigError(
+                "encode/decode are the transformers backend's steps; call segment() with the sam2 backend"
+            )
         pixels = torch.from_numpy(self.preprocess(rgb))[None].to(self.device, self.dtype)
         return self.model.get_image_embeddings(pixels)
 

@@ -29,8 +29,10 @@ class Scorer:
         return threshold_for_alpha(self.bank.calibration, alpha, self.config.calibration_level)
 
     def queries_on_device(self, extractor_device_type: str) -> bool:
-        """Whether features may stay where the model runs (``FeatureExtractor.extract(on_device=True)``):
-        the model and the bank's index both on the GPU, so patch embeddings never leave it."""
+        """Whether features may stay where the model runs (``FeatureExtractor.extract(on_device=True)``).
+
+        True when the model and the bank's index are both on the GPU, so patch embeddings never leave it.
+        """
         info = self.bank.index_info or {}
         return extractor_device_type == "cuda" and str(info.get("device", "cpu")).startswith("cuda")
 
@@ -41,7 +43,7 @@ class Scorer:
         rgb: np.ndarray | None = None,
         extra_ignore: np.ndarray | None = None,
     ) -> AnomalyResult:
-        """AnomalyResult of one frame; ``extra_ignore`` (H, W) bool adds ignored pixels."""
+        """The AnomalyResult of one frame; ``extra_ignore`` (H, W) bool adds ignored pixels."""
         raise NotImplementedError
 
     def release(self) -> None:

@@ -179,8 +179,10 @@ class InstanceScorer(Scorer):
 
 
 class CombinedScorer(Scorer):
-    """Combined mode: a patch scorer on the Monitor's (patch) bank plus an instance scorer on
-    ``config.instance_bank``; see the module docstring for the frame decision."""
+    """Combined mode: a patch scorer on the Monitor's (patch) bank plus an instance scorer on ``config.instance_bank``.
+
+    See the module docstring for the frame decision.
+    """
 
     def __init__(self, patch: PatchScorer, instances: InstanceScorer) -> None:
         self.patch = patch

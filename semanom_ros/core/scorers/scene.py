@@ -276,7 +276,8 @@ class SceneScorer:
             vectors = _unit(np.asarray(bank_or_vectors, np.float32))
             if vectors.ndim != 2:
                 raise ValueError(f"global embeddings must have shape (F, D), got {vectors.shape}")
-            signature = signature or ModelSignature(model="precomputed", fingerprint="", input_height=0, dim=vectors.shape[1])
+            signature = signature or ModelSignature(model="precomputed", fingerprint="", input_height=0,
+                                                    dim=vectors.shape[1])
             bank = NominalBank.from_vectors(vectors, signature, kind="global", source="precomputed")
         if bank.num_frames < 2:
             raise BankError(f"a scene model needs at least 2 nominal frames, the bank has {bank.num_frames}")
@@ -300,7 +301,11 @@ class SceneScorer:
                 "centroids": _unit(centroids).round(6).tolist(),
                 "labels": labels.tolist(),
             },
-            "knnn": {"m": self.knnn_m, "exclude_window": self.knnn_exclude_window, "normalisers": [round(float(v), 7) for v in normalisers]},
+            "knnn": {
+                "m": self.knnn_m,
+                "exclude_window": self.knnn_exclude_window,
+                "normalisers": [round(float(v), 7) for v in normalisers],
+            },
             "hdbscan": {
                 "min_cluster_size": self.hdbscan_min_cluster_size,
                 "num_clusters": int(len(set(hdb_labels.tolist()) - {-1})),
@@ -358,7 +363,9 @@ class SceneScorer:
             return global_embedding(features, self.global_embedding, ignore)
         return _unit(np.asarray(features, np.float32).reshape(-1))
 
-    def score(self, features: Features | np.ndarray, method: str | None = None, ignore: np.ndarray | None = None) -> float:
+    def score(
+        self, features: Features | np.ndarray, method: str | None = None, ignore: np.ndarray | None = None
+    ) -> float:
         """Anomaly score of one frame (higher = more anomalous)."""
         return float(self.score_vectors(self.embed(features, ignore)[None], method)[0])
 
@@ -394,7 +401,8 @@ class SceneScorer:
             raise BankError("the scene scorer is not fitted; call fit(bank_or_vectors) first")
         out = np.empty(self.bank.num_frames, np.float32)
         for fid in range(self.bank.num_frames):
-            out[fid] = self.score_vectors(self._x[fid : fid + 1], method, exclude=self.bank.excluded_ranges(fid, window))[0]
+            exclude = self.bank.excluded_ranges(fid, window)
+            out[fid] = self.score_vectors(self._x[fid : fid + 1], method, exclude=exclude)[0]
         return out
 
     def calibrate(self, alpha: float = 0.99, window: int = 12, methods: Iterable[str] | None = None) -> dict[str, Any]:
@@ -430,10 +438,11 @@ class SceneScorer:
             raise BankError(f"the scene model holds no calibration for {method!r}; call calibrate()")
         return cal["threshold"] if alpha is None else threshold_for_alpha(cal, alpha, "image")
 
-    def is_anomalous(self, features: Features | np.ndarray, method: str | None = None, alpha: float | None = None) -> tuple[bool, float]:
+    def is_anomalous(
+        self, features: Features | np.ndarray, method: str | None = None, alpha: float | None = None
+    ) -> tuple[bool, float]:
         s = self.score(features, method)
         return s > self.threshold(method, alpha), s
-
 
 
 # -- engine integration ----------------------------------------------------------------------------

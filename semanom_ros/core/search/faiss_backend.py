@@ -23,8 +23,9 @@ the target (else the most accurate); the manifest records every candidate. Which
 how redundant the bank is: HNSW (M=16) was 3x faster on a synthetic bank with well separated
 re-drives, but on the real 448-high highway bank, where neighbouring patches are near copies, it
 could not pass recall 0.90 at any depth while IVF reached 0.99 in 161 ms. Building both costs
-~2.5 min at 1e6 vectors once; a saved bank keeps the chosen index on disk. For the approximate types ``nprobe`` / ``ef_search`` of 0 means "tune at build
-time": the smallest depth whose recall@1 against exact search reaches ``target_recall`` on a
+~2.5 min at 1e6 vectors once; a saved bank keeps the chosen index on disk. For the approximate types
+``nprobe`` / ``ef_search`` of 0 means "tune at build time": the smallest depth whose recall@1 against
+exact search reaches ``target_recall`` on a
 :class:`RecallProbe`. A bank probes with patches of its own frames, each searched with the
 frames around it (``calibration_window``) excluded, standing in for a new pass of the same road.
 On the real highway bank that probe was conservative at every HNSW depth (0.944 vs 0.969 for
@@ -158,7 +159,7 @@ def build_index(
 def _build_fastest(
     vectors: np.ndarray, spec: IndexSpec, probe: RecallProbe | None
 ) -> tuple[faiss.Index, dict[str, Any]]:
-    """auto above the threshold: build, tune and time each candidate on one probe; keep the best."""
+    """Index type auto above the threshold: build, tune and time each candidate on one probe; keep the best."""
     t0 = time.perf_counter()
     probe = probe or RecallProbe.perturbed(vectors, spec.recall_queries, np.random.default_rng(spec.seed))
     if probe.truth is None:
@@ -255,7 +256,6 @@ def tune_depth(
     return curve[-1][1], curve, probe.description
 
 
-
 def probe_recall(index: faiss.Index, probe: RecallProbe, truth: np.ndarray) -> float:
     """recall@1 of ``index`` at its current depth on ``probe`` (queries with no exact answer skipped)."""
     found = np.full(len(truth), -1, np.int64)
@@ -273,7 +273,6 @@ def probe_recall(index: faiss.Index, probe: RecallProbe, truth: np.ndarray) -> f
         if valid.any():
             recalls.append(float(np.mean(found[q0:q1][valid] == truth[q0:q1][valid])))
     return min(recalls) if recalls else 0.0
-
 
 
 def recall_at_1(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:
@@ -422,8 +421,10 @@ def exact_search_excluding(
 
 
 def search_torch_tensor(index: faiss.Index, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Search a GPU index with queries already on the GPU (FeatureExtractor on_device): faiss's torch
-    bridge searches the tensor in place, so only the (n, k) answers cross to the host."""
+    """Search a GPU index with queries already on the GPU (FeatureExtractor on_device).
+
+    Faiss's torch bridge searches the tensor in place, so only the (n, k) answers cross to the host.
+    """
     import faiss.contrib.torch_utils  # noqa: F401  (heavy, needs torch: teaches faiss indexes to take tensors)
 
     sims, ids = index.search(queries.float().contiguous(), k)

@@ -86,8 +86,10 @@ class SearchIndex:
 
     def set_spec(self, spec: IndexSpec | None) -> None:
         """Choose the index strategy (None = from the bank's config); applied on the next search.
+
         The same strategy as the current one keeps the index already built (a Monitor built on an
-        in-memory bank would otherwise index and tune it a second time)."""
+        in-memory bank would otherwise index and tune it a second time).
+        """
         new = spec.validate() if spec is not None else None
         current = self.current_spec()
         self.spec = new
@@ -141,8 +143,11 @@ class SearchIndex:
         return self._index
 
     def _torch_index(self, spec: IndexSpec) -> TorchExactIndex | None:
-        """The torch backend when ``spec`` asks for it (or ``auto`` on a CUDA device) and the bank
-        fits the device's memory budget; else None, with the reason among the bank's warnings."""
+        """The torch backend when ``spec`` asks for it and the bank fits the device's memory budget.
+
+        ``spec`` asks for it by name, or with ``auto`` on a CUDA device. Else None, with the reason
+        among the bank's warnings.
+        """
         if spec.backend == "faiss":
             return None
         try:
@@ -219,10 +224,13 @@ class SearchIndex:
         return index, info
 
     def recall_probe(self, spec: IndexSpec, window: int | None = None) -> RecallProbe | None:
-        """Half the queries: patches of up to 16 of the bank's frames, each searched with its
+        """Recall probe queries: half held-out bank frames, half perturbed bank vectors.
+
+        Half the queries: patches of up to 16 of the bank's frames, each searched with its
         neighbouring frames (within ``window`` messages, default the config's calibration_window)
         excluded, like a new pass of the same road; half: perturbed bank vectors. The tuned depth
-        must satisfy both. None when too few frames are left to hold out."""
+        must satisfy both. None when too few frames are left to hold out.
+        """
         bank = self._vectors
         if window is None:
             window = int(bank.config.get("calibration_window", 12))
@@ -298,8 +306,10 @@ class SearchIndex:
         return None if info is None else {k: v for k, v in info.items() if k not in ("loaded_from", "device")}
 
     def write(self, target: Path) -> Path | None:
-        """Write the approximate index built (or loaded) for exactly these vectors; exact indexes
-        are rebuilt in seconds from the embeddings and not worth their float32 bytes on disk."""
+        """Write the approximate index built (or loaded) for exactly these vectors.
+
+        Exact indexes are rebuilt in seconds from the embeddings and not worth their float32 bytes on disk.
+        """
         info = self.info
         index = self._cpu_index if self._cpu_index is not None else self._index
         if isinstance(index, TorchExactIndex):

@@ -45,7 +45,6 @@ class RecallProbe:
         )
 
 
-
 def as_f32_blocks(vectors: np.ndarray, block: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (start, float32 block): converts fp16 / memory-mapped banks without a full copy."""
     for start in range(0, len(vectors), block):
@@ -88,7 +87,6 @@ def probe_truth(vectors: np.ndarray, probe: RecallProbe) -> np.ndarray:
     return best_i
 
 
-
 def recall_from_curve(curve: Sequence[Sequence[float]] | None, depth: int) -> float | None:
     """Recall measured at build time for ``depth`` (None when that depth was not tried)."""
     for tried, recall in curve or ():
@@ -119,7 +117,6 @@ def exact_top1(vectors: np.ndarray, queries: np.ndarray, block: int = 1 << 16) -
         better = val > best_s
         best_s[better], best_i[better] = val[better], arg[better] + start
     return best_i
-
 
 
 __all__ = [

@@ -108,8 +108,11 @@ class IndexSpec:
 
 
 def resolve_type(spec: IndexSpec, num_vectors: int) -> str:
-    """The index type for a bank of ``num_vectors``: the setting, ``flat`` for ``auto`` below the
-    threshold, else ``auto`` still (the candidates are compared by :func:`build_index`)."""
+    """The index type for a bank of ``num_vectors``.
+
+    The setting, ``flat`` for ``auto`` below the threshold, else ``auto`` still (the candidates are
+    compared by :func:`build_index`).
+    """
     if spec.type != "auto" or num_vectors < spec.auto_threshold:
         return "flat" if spec.type == "auto" else spec.type
     return "auto"
@@ -124,7 +127,6 @@ def default_nlist(num_vectors: int) -> int:
     target = 4.0 * math.sqrt(max(num_vectors, 1))
     nlist = 1 << max(4, int(round(math.log2(target))))
     return int(max(1, min(nlist, num_vectors // 39, 65536)))
-
 
 
 __all__ = [

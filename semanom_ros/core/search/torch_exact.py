@@ -100,8 +100,10 @@ def plan_chunks(num_queries: int, num_vectors: int, itemsize: int, workspace_byt
 
 
 def device_budget_bytes(device: torch.device, memory_fraction: float = DEFAULT_MEMORY_FRACTION) -> int:
-    """``memory_fraction`` of what the device can still give: free GPU memory (plus what torch's
-    allocator holds unused), or the host's MemAvailable for the CPU."""
+    """``memory_fraction`` of what the device can still give.
+
+    Free GPU memory (plus what torch's allocator holds unused), or the host's MemAvailable for the CPU.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
@@ -142,7 +144,7 @@ def device_fit(
     budget_bytes: int | None = None,
     memory_fraction: float = DEFAULT_MEMORY_FRACTION,
 ) -> DeviceFit:
-    """Does an N x D bank, stored in ``dtype`` on ``device``, fit beside its search workspace?
+    """Whether an N x D bank, stored in ``dtype`` on ``device``, fits beside its search workspace.
 
     ``budget_bytes`` None = ``memory_fraction`` of what the device has free now
     (:func:`device_budget_bytes`); pass the budget the rest of the pipeline leaves, if known.
@@ -282,7 +284,7 @@ class TorchExactIndex:
     def search_tensors(
         self, queries: np.ndarray | torch.Tensor, k: int = 1, exclude: Exclude | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """k nearest bank vectors of each query row by inner product, answers left on the device.
+        """The k nearest bank vectors of each query row by inner product, answers left on the device.
 
         ``queries`` (n, D): NumPy or a torch tensor on any device (a GPU tensor is not copied to
         the host). ``exclude``: [start, stop) id ranges skipped for every query. Missing
