@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -53,6 +53,21 @@ def resolve_checkpoint(model: str, setting: str, example: str) -> str:
             )
         return str(path)
     return model
+
+
+def load_checkpoint_config(source: str, setting: str, model_types: tuple[str, ...], kind: str, example: str) -> Any:
+    """The transformers config of ``source``, checked to be one of ``model_types`` (ModelError naming ``setting``)."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        raise ModelError(f"{setting}: cannot load a config from {source!r}: {exc}") from None
+    if config.model_type not in model_types:
+        raise ModelError(f"{setting}: {source!r} is a {config.model_type!r} checkpoint, not {kind} (e.g. {example})")
+    return config
 
 
 def read_preprocessor_config(source: str) -> dict:
@@ -251,19 +266,9 @@ class BoxProposer:
         self.dtype = resolve_dtype(dtype, self.device)
         self.source = resolve_checkpoint(model, "detector_model", DEFAULT_DETECTOR)
 
-        from transformers import AutoConfig, Owlv2ForObjectDetection
-        from transformers.utils import logging as hf_logging
+        from transformers import Owlv2ForObjectDetection
 
-        hf_logging.disable_progress_bar()
-        try:
-            config = AutoConfig.from_pretrained(self.source)
-        except Exception as exc:
-            raise ModelError(f"detector_model: cannot load a config from {self.source!r}: {exc}") from None
-        if config.model_type != "owlv2":
-            raise ModelError(
-                f"detector_model: {self.source!r} is a {config.model_type!r} checkpoint, not OWLv2 "
-                f"(e.g. {DEFAULT_DETECTOR})"
-            )
+        config = load_checkpoint_config(self.source, "detector_model", ("owlv2",), "OWLv2", DEFAULT_DETECTOR)
         try:
             detector = Owlv2ForObjectDetection.from_pretrained(self.source)
         except Exception as exc:

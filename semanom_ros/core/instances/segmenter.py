@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from .detector import read_preprocessor_config, resolve_checkpoint
+from .detector import load_checkpoint_config, read_preprocessor_config, resolve_checkpoint
 from ..errors import ConfigError, ImageError, ModelError
 from ..features import resolve_device, resolve_dtype, validate_rgb, weights_fingerprint
 
@@ -106,20 +106,13 @@ class Sam2Segmenter:
             return
         self._predictor = None
         self.source = resolve_checkpoint(model, "segmenter_model", DEFAULT_SEGMENTER)
-        from transformers import AutoConfig, Sam2Model
+        from transformers import Sam2Model
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        try:
-            config = AutoConfig.from_pretrained(self.source)
-        except Exception as exc:
-            raise ModelError(f"segmenter_model: cannot load a config from {self.source!r}: {exc}") from None
         # Hub checkpoints of SAM 2.1 may be saved as the video model; its image part is Sam2Model.
-        if config.model_type not in ("sam2", "sam2_video"):
-            raise ModelError(
-                f"segmenter_model: {self.source!r} is a {config.model_type!r} checkpoint, not SAM 2 "
-                f"(e.g. {DEFAULT_SEGMENTER})"
-            )
+        load_checkpoint_config(
+            self.source, "segmenter_model", ("sam2", "sam2_video"), "SAM 2", DEFAULT_SEGMENTER
+        )
         hf_verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the video->image type warning is expected here
         try:

@@ -36,13 +36,8 @@ class Scorer:
         info = self.bank.index_info or {}
         return extractor_device_type == "cuda" and str(info.get("device", "cpu")).startswith("cuda")
 
-    def score(
-        self,
-        features: Features,
-        threshold: float,
-        rgb: np.ndarray | None = None,
-        extra_ignore: np.ndarray | None = None,
-    ) -> AnomalyResult:
+    def score(self, features: Features, threshold: float, rgb: np.ndarray | None = None,
+              extra_ignore: np.ndarray | None = None) -> AnomalyResult:
         """The AnomalyResult of one frame; ``extra_ignore`` (H, W) bool adds ignored pixels."""
         raise NotImplementedError
 

@@ -145,13 +145,8 @@ class InstanceScorer(Scorer):
         instances = score_instances(self.bank, found.instances, threshold, self.config.k)
         return found, instances, (time.perf_counter() - t0) * 1e3
 
-    def score(
-        self,
-        features: Features,
-        threshold: float,
-        rgb: np.ndarray | None = None,
-        extra_ignore: np.ndarray | None = None,
-    ) -> AnomalyResult:
+    def score(self, features: Features, threshold: float, rgb: np.ndarray | None = None,
+              extra_ignore: np.ndarray | None = None) -> AnomalyResult:
         found, instances, search_ms = self.detect_and_score(features, rgb, extra_ignore, threshold)
         t1 = time.perf_counter()
         size = tuple(features.image_size)
@@ -198,13 +193,8 @@ class CombinedScorer(Scorer):
             self.instances.set_alpha(alpha)
         return threshold
 
-    def score(
-        self,
-        features: Features,
-        threshold: float,
-        rgb: np.ndarray | None = None,
-        extra_ignore: np.ndarray | None = None,
-    ) -> AnomalyResult:
+    def score(self, features: Features, threshold: float, rgb: np.ndarray | None = None,
+              extra_ignore: np.ndarray | None = None) -> AnomalyResult:
         found, instances, search_ms = self.instances.detect_and_score(
             features, rgb, extra_ignore, self.instances.threshold
         )

@@ -47,13 +47,8 @@ class PatchScorer(Scorer):
         """Patches the configured ignore mask leaves out for a frame size and grid (None: none)."""
         return self.ignore.patches(image_size, grid)
 
-    def score(
-        self,
-        features: Features,
-        threshold: float,
-        rgb: np.ndarray | None = None,
-        extra_ignore: np.ndarray | None = None,
-    ) -> AnomalyResult:
+    def score(self, features: Features, threshold: float, rgb: np.ndarray | None = None,
+              extra_ignore: np.ndarray | None = None) -> AnomalyResult:
         t0 = time.perf_counter()
         ignore = self.ignore_patches(features.image_size, features.grid_shape)
         if extra_ignore is not None:

@@ -509,13 +509,8 @@ class SceneModeScorer(Scorer):
     def threshold_at(self, alpha: float) -> float:
         return self.model.threshold(self.method, alpha)
 
-    def score(
-        self,
-        features: Features,
-        threshold: float,
-        rgb: np.ndarray | None = None,
-        extra_ignore: np.ndarray | None = None,
-    ) -> AnomalyResult:
+    def score(self, features: Features, threshold: float, rgb: np.ndarray | None = None,
+              extra_ignore: np.ndarray | None = None) -> AnomalyResult:
         t1 = time.perf_counter()
         score = self.model.score(features)
         t2 = time.perf_counter()
