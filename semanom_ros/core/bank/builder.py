@@ -96,8 +96,10 @@ class PatchBankBuilder(BankBuilder):
             self.bank = NominalBank(sig, kind="patch", config=config.to_dict())
 
     def add_features(self, frame: FrameLike, feat: Features) -> int:
-        """Add one frame whose features are already extracted (callers that look at the features
-        first, e.g. to skip near duplicates by CLS similarity); returns the frame's id in the bank."""
+        """Add one frame whose features are already extracted; returns the frame's id in the bank.
+
+        For callers that look at the features first, e.g. to skip near duplicates by CLS similarity.
+        """
         keep = None
         own = getattr(frame, "ignore", None)
         ignore_px = self.ignore.with_frame(feat.image_size, own, "frame ignore mask")

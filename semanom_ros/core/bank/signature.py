@@ -48,5 +48,4 @@ def check_signature(bank: ModelSignature, pipeline: ModelSignature, where: str =
         )
 
 
-
 __all__ = ["ModelSignature", "check_signature"]
