@@ -127,12 +127,15 @@ def write_bank_dir(
     return path
 
 
-def read_bank_dir(path: str | Path, *, mmap: bool = True, verify: bool | None = None) -> BankFiles:
+def read_bank_dir(
+    path: str | Path, *, mmap: bool = True, verify: bool | None = None, strict: bool = False
+) -> BankFiles:
     """Read and check a bank directory; raises BankError saying what is missing or corrupt.
 
     ``verify`` checks file checksums (default: for banks under 512 MB); the manifest's checksum
     and keys, sizes, shapes, the frame table and finiteness are always checked, so a truncated
-    or NaN-filled file never loads.
+    or NaN-filled file never loads. A damaged index file is derived data, rebuilt with a warning,
+    unless ``strict`` (then it is a BankError too).
     """
     path = Path(path).expanduser()
     manifest, version = load_manifest(path)
@@ -176,6 +179,10 @@ def read_bank_dir(path: str | Path, *, mmap: bool = True, verify: bool | None = 
         )
     checks.append(f"vectors: all {len(vectors)} x {sig.dim} values finite")
     index_file, index_warnings = _checked_index_file(path, files.get(INDEX_FILE), verify)
+    if strict and index_warnings:
+        raise BankError(
+            f"{index_warnings[0]} on load; 'semanom-bank upgrade {path}' rebuilds it and saves a sound copy"
+        )
     if files.get(INDEX_FILE):
         checks.append(
             f"{INDEX_FILE}: " + ("unusable, will be rebuilt" if index_file is None else

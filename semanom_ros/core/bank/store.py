@@ -357,14 +357,17 @@ class NominalBank:
         return write_bank_dir(path, arrays, self.search_index.write, self.manifest)
 
     @classmethod
-    def load(cls, path: str | Path, *, mmap: bool = True, verify: bool | None = None) -> "NominalBank":
+    def load(
+        cls, path: str | Path, *, mmap: bool = True, verify: bool | None = None, strict: bool = False
+    ) -> "NominalBank":
         """Load a bank directory; raises BankError saying what is missing or corrupt.
 
         ``verify`` checks file checksums (default: for banks under 512 MB); the manifest's checksum
         and keys, sizes, shapes, the frame table and finiteness are always checked, so a truncated
-        or NaN-filled file never loads. ``bank.checks`` lists what was checked.
+        or NaN-filled file never loads. ``bank.checks`` lists what was checked. A damaged index
+        file is rebuilt with a warning, unless ``strict`` (then it is a BankError too).
         """
-        files = read_bank_dir(path, mmap=mmap, verify=verify)
+        files = read_bank_dir(path, mmap=mmap, verify=verify, strict=strict)
         manifest = files.manifest
         config = manifest.get("config") or {}
         check_bank_config(config, Path(path).expanduser() / MANIFEST)
