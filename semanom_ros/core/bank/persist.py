@@ -181,7 +181,7 @@ def read_bank_dir(
     index_file, index_warnings = _checked_index_file(path, files.get(INDEX_FILE), verify)
     if strict and index_warnings:
         raise BankError(
-            f"{index_warnings[0]} on load; 'semanom-bank upgrade {path}' rebuilds it and saves a sound copy"
+            f"{index_warnings[0]} (as every load would); 'semanom-bank upgrade {path}' saves a rebuilt one"
         )
     if files.get(INDEX_FILE):
         checks.append(

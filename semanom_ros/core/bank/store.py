@@ -178,12 +178,14 @@ class NominalBank:
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
-        finite = np.isfinite(vectors).all(axis=1)
+        with np.errstate(over="ignore"):  # an overflow is reported below, with the frame it is in
+            stored = vectors.astype(np.float16)
+        finite = np.isfinite(stored).all(axis=1)  # after the cast: beyond +-65504 is inf in float16
         if not finite.all():
             raise ValueError(
                 f"frame {index} of {source}" + (f" ({topic})" if topic else "")
-                + f": vector {int(np.argmin(finite))} of {len(vectors)} holds NaN or inf and cannot go into the bank"
-                " (it would score every query 2.0); check the backbone's output (dtype, input)"
+                + f": vector {int(np.argmin(finite))} of {len(vectors)} holds NaN or inf (or a value beyond float16's"
+                " +-65504) and cannot go into the bank (it would score every query 2.0); check the backbone's output"
             )
         n = len(vectors)
         sid = self.source_id(source, topic)
@@ -201,7 +203,7 @@ class NominalBank:
         meta["col"] = cols if cols is not None else -1
         self.frame_chunks.append(frame)
         self.meta_chunks.append(meta)
-        self.vector_chunks.append(vectors.astype(np.float16))
+        self.vector_chunks.append(stored)
         self._num_vectors += n
         self._num_frames += 1
         self.search_index.invalidate()
