@@ -32,6 +32,7 @@ SOURCE_KEYS = ("name", "topic", "first_stamp_ns", "last_stamp_ns", "frames")
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_DEPTH = 1 << 20  # IndexSpec's bound on nlist, nprobe and search depths
 
 
 def manifest_digest(body: Mapping[str, Any]) -> str:
@@ -58,6 +59,10 @@ def _is_str(value: Any) -> bool:
 
 def _is_opt_int(value: Any) -> bool:
     return value is None or is_int(value)
+
+
+def _is_depth(value: Any) -> bool:
+    return is_int(value, 0) and value <= _MAX_DEPTH
 
 
 def _is_number_list(value: Any) -> bool:
@@ -232,11 +237,12 @@ class ManifestChecker:
         self.need(index, "requested", "an index type name", _is_str, prefix=p, required=False)
         self.need(index, "num_vectors", "an integer >= 0", lambda v: is_int(v, 0), prefix=p, required=False)
         params = self.need(index, "params", "an object", lambda v: isinstance(v, dict), prefix=p, required=False)
+        # Bounded as IndexSpec bounds them: a rebuilt index takes these values.
         if params:
-            self.need(params, "nlist", "an integer >= 0", lambda v: is_int(v, 0), prefix=f"{p}params.",
+            self.need(params, "nlist", f"an integer in [0, {_MAX_DEPTH}]", _is_depth, prefix=f"{p}params.",
                       required=False)
-        self.need(index, "search_depth", "null or an integer >= 0", lambda v: v is None or is_int(v, 0), prefix=p,
-                  required=False)
+        self.need(index, "search_depth", f"null or an integer in [0, {_MAX_DEPTH}]",
+                  lambda v: v is None or _is_depth(v), prefix=p, required=False)
         self.need(index, "recall_at_1", "null or a number", lambda v: v is None or is_number(v), prefix=p,
                   required=False)
         self.need(index, "recall_curve", "null or a list of [depth, recall] pairs",
