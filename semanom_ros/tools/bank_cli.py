@@ -2,15 +2,17 @@
 
     semanom-bank build ../shared/data/highway/bag_mcap -o banks/highway --model ../shared/models/dinov2-small
     semanom-bank build drive2/ -o banks/highway --append --stride 2
-    semanom-bank info banks/highway [--json]
+    semanom-bank info banks/highway [--json] [--verify]
+    semanom-bank upgrade banks/old_bank
     semanom-bank calibrate banks/highway --alpha 0.995 --window 25
     semanom-bank merge banks/a banks/b -o banks/ab
     semanom-bank coreset banks/highway -o banks/highway_25 --fraction 0.25
 
 Settings: defaults < the existing bank's (``--append``) < ``--config`` YAML (a PipelineConfig
 mapping or the bank_builder_node parameter file) < flags. Errors print one line to stderr and
-exit 1 (``--debug`` shows the traceback); Ctrl-C or SIGTERM exits 130 and leaves the bank at
-the output path as it was (every write is an atomic directory swap).
+exit 1 (``--debug`` shows the traceback), so does ``info`` on a damaged bank; Ctrl-C or SIGTERM
+exits 130 and leaves the bank at the output path as it was (every write is an atomic directory
+swap).
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ def _positive_int(text: str) -> int:
 
 def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
-    g.add_argument("--alpha", type=float, help="threshold = alpha-quantile of leave-one-out nominal scores (default 0.999)")
+    g.add_argument("--alpha", type=float,
+                   help="threshold = alpha-quantile of leave-one-out nominal scores (default 0.999)")
     g.add_argument("--window", type=int, dest="calibration_window",
                    help="frames on each side of a nominal frame left out of its leave-one-out search (default 12)")
     g.add_argument("--k", type=_positive_int, help="nearest bank vectors averaged per patch (default 1)")
@@ -51,7 +54,9 @@ def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
                    help="Gaussian smoothing of the patch score grid in patches (default 0)")
 
 
-_CAL_FIELDS = ("alpha", "calibration_window", "k", "calibration_level", "calibration_max_frames", "score_smoothing_sigma")
+_CAL_FIELDS = (
+    "alpha", "calibration_window", "k", "calibration_level", "calibration_max_frames", "score_smoothing_sigma"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,21 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Embed the frames of nominal rosbag2 bags (directory, .mcap or .db3) or image "
                        "folders into a bank directory, calibrate it and save it atomically.")
     b.add_argument("sources", nargs="+", metavar="SOURCE", help="rosbag2 bag (directory or file) or image folder")
-    b.add_argument("-o", "--output", required=True, metavar="BANK", help="bank directory to write (or extend with --append)")
-    b.add_argument("--config", metavar="YAML", help="settings file (PipelineConfig keys and build keys, or the node's parameter file)")
+    b.add_argument("-o", "--output", required=True, metavar="BANK",
+                   help="bank directory to write (or extend with --append)")
+    b.add_argument("--config", metavar="YAML",
+                   help="settings file (PipelineConfig keys and build keys, or the node's parameter file)")
     b.add_argument("--topic", help="image topic (default: the Image/CompressedImage topic with the most messages)")
     m = b.add_argument_group("model")
     m.add_argument("--model", help="DINOv2 hub id or local folder (default facebook/dinov2-small)")
-    m.add_argument("--input-height", type=int, dest="input_height", help="backbone input height in pixels (default 224)")
+    m.add_argument("--input-height", type=int, dest="input_height",
+                   help="backbone input height in pixels (default 224)")
     m.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     m.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
     m.add_argument("--batch-size", type=_positive_int, dest="batch_size", help="frames per forward pass (default 8)")
-    m.add_argument("--threads", type=int, dest="num_threads", help="torch and faiss CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")
-    m.add_argument("--mode", choices=("patch", "instance"), help="patch bank (default) or instance bank (OWLv2 + SAM 2)")
+    m.add_argument("--threads", type=int, dest="num_threads",
+                   help="torch and faiss CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")
+    m.add_argument("--mode", choices=("patch", "instance"),
+                   help="patch bank (default) or instance bank (OWLv2 + SAM 2)")
     x = b.add_argument_group("similarity index (kept in the bank; a monitor left at its defaults uses it as built)")
     x.add_argument("--index-type", dest="index_type", choices=("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw"),
                    help="auto (default): exact below 5e4 vectors, HNSW (fp16 codes) above")
-    x.add_argument("--nprobe", type=int, help="IVF nprobe / HNSW efSearch (default 0: tuned at build on held-out frames)")
+    x.add_argument("--nprobe", type=int,
+                   help="IVF nprobe / HNSW efSearch (default 0: tuned at build on held-out frames)")
     s = b.add_argument_group("frame selection")
     s.add_argument("--start", type=float, dest="start_s", metavar="S",
                    help="first receive time: seconds from the bag's start, or an absolute Unix time (>= 1e9)")
@@ -90,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a message received sooner than S seconds after the previous kept one")
     s.add_argument("--dedup-similarity", type=float, dest="dedup_similarity", metavar="SIM",
                    help="skip a frame whose CLS cosine similarity to the last kept frame is >= SIM (e.g. 0.98)")
-    s.add_argument("--max-frames", type=_positive_int, dest="max_frames", help="at most this many frames go into the bank")
+    s.add_argument("--max-frames", type=_positive_int, dest="max_frames",
+                   help="at most this many frames go into the bank")
     s.add_argument("--fps", type=float, help="image folders: frame rate for time stamps (default 10)")
     s.add_argument("--ignore-mask", dest="ignore_mask", metavar="PNG",
                    help="image whose non-zero pixels (e.g. the ego bonnet) are left out of every frame")
@@ -101,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy k-center coreset keeping this fraction (0, 1] of the vectors")
     c.add_argument("--coreset-size", type=_positive_int, dest="coreset_size", metavar="N",
                    help="greedy k-center coreset of N vectors")
-    o.add_argument("--coreset-seed", type=int, dest="coreset_seed", help="seed of the coreset's first centre and projection")
+    o.add_argument("--coreset-seed", type=int, dest="coreset_seed",
+                   help="seed of the coreset's first centre and projection")
     o.add_argument("--no-calibrate", action="store_true", help="save without a threshold (calibrate later)")
     _add_calibration_flags(b)
     _add_output_flags(b)
@@ -114,10 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(cal)
     cal.set_defaults(func=cmd_calibrate)
 
-    info = sub.add_parser("info", help="print a bank's manifest: model, sizes, sources, threshold")
+    info = sub.add_parser("info", help="check a bank and print its manifest: model, sizes, sources, threshold",
+                          description="Check a bank as a monitor's load does (exit 1 with one line if it is "
+                          "damaged) and describe it.")
     info.add_argument("bank", metavar="BANK")
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    info.add_argument("--verify", action="store_true",
+                      help="re-hash every file (also of banks over 512 MB), check every vector is finite, and "
+                      "print what was checked (under 'verified' with --json)")
     info.set_defaults(func=cmd_info)
+
+    up = sub.add_parser("upgrade", help="re-save a bank in the current format (every file verified first)",
+                        description="Verify every file of a bank and save it again in the current format (with "
+                        "its manifest checksum); rebuilds a damaged index file. Vectors and calibration are kept.")
+    up.add_argument("bank", metavar="BANK")
+    up.add_argument("-o", "--output", metavar="OUT", help="write the upgraded bank here (default: in place)")
+    up.add_argument("--json", action="store_true", help="print the result as JSON")
+    up.set_defaults(func=cmd_upgrade)
 
     mg = sub.add_parser("merge", help="join banks of one model into one bank")
     mg.add_argument("banks", nargs="+", metavar="BANK")
@@ -200,13 +226,40 @@ def cmd_calibrate(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def cmd_info(args: argparse.Namespace, log: logging.Logger) -> int:
     from semanom_ros.core.bank import NominalBank
-    from semanom_ros.workflows.bank_ops import describe_bank
+    from semanom_ros.workflows.bank_ops import check_bank, describe_bank
 
+    bank = check_bank(args.bank, verify=args.verify)  # BankError (exit 1, one line) on any damage
+    manifest = NominalBank.read_manifest(args.bank)
     if args.json:
-        manifest = NominalBank.read_manifest(args.bank)
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps(dict(manifest, verified=bank.checks) if args.verify else manifest, indent=2))
     else:
-        print(describe_bank(args.bank))
+        print(describe_bank(args.bank, manifest))
+        if args.verify:
+            print("\n".join(f"{'verified' if i == 0 else '':13}{line}" for i, line in enumerate(bank.checks)))
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace, log: logging.Logger) -> int:
+    from semanom_ros.core.bank import BANK_FORMAT_VERSION
+    from semanom_ros.workflows.bank_ops import upgrade_bank
+
+    target = args.output or args.bank
+    with _Interruptible(target, log):
+        bank, old_version = upgrade_bank(args.bank, args.output)
+    result = {
+        "bank": str(Path(target).absolute()),
+        "from_format": old_version,
+        "to_format": BANK_FORMAT_VERSION,
+        "frames": bank.num_frames,
+        "vectors": len(bank),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"upgraded {result['bank']}: format {old_version} -> {BANK_FORMAT_VERSION}, {bank.num_frames} frames, "
+            f"{len(bank)} vectors, every file verified and checksummed"
+        )
     return 0
 
 
@@ -279,7 +332,9 @@ class _Interruptible:
         from semanom_ros.workflows.bank_ops import bank_unchanged_since
 
         if bank_unchanged_since(self.output, self.token):
-            where = f"bank at {self.output} unchanged" if self.token is not None else f"no bank written at {self.output}"
+            where = (
+                f"bank at {self.output} unchanged" if self.token is not None else f"no bank written at {self.output}"
+            )
         else:
             where = f"the new bank at {self.output} had already been saved"
         raise _Interrupted(f"interrupted; {where}")
@@ -352,8 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line instead of a traceback; --debug shows it
         if args.debug:
             raise
-        print(f"{PROG} {args.command}: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"{PROG} {args.command}: unexpected error: {type(exc).__name__}: {exc} "
+              "(run with --debug for the traceback)", file=sys.stderr)
         return EXIT_ERROR
     finally:
         if previous is not None:

@@ -1,6 +1,8 @@
-"""Bank maintenance shared by ``semanom-bank`` and ``bank_builder_node``: calibrate, merge, coreset and
-describe banks, and write them safely (output checks, stale temporary directories of killed saves,
-a token to tell whether a bank changed). Every write is :meth:`NominalBank.save`'s atomic swap.
+"""Bank maintenance shared by ``semanom-bank`` and ``bank_builder_node``.
+
+Calibrate, merge, coreset, check, upgrade and describe banks, and write them safely (output
+checks, stale temporary directories of killed saves, a token to tell whether a bank changed).
+Every write is :meth:`NominalBank.save`'s atomic swap.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from semanom_ros.core.bank import MANIFEST, NominalBank
+from semanom_ros.core.bank import INDEX_FILE, MANIFEST, NominalBank
 from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.coreset import calibrate_coreset, coreset_bank
 from semanom_ros.core.errors import SemanomError
@@ -27,6 +29,7 @@ __all__ = [
     "calibrate_coreset_bank",
     "calibrate_progress",
     "calibration_brief",
+    "check_bank",
     "check_output",
     "coreset_existing_bank",
     "describe_bank",
@@ -39,7 +42,9 @@ __all__ = [
     "progress_enabled",
     "recalibrate",
     "remove_stale_temp_dirs",
+    "upgrade_bank",
 ]
+
 
 def calibration_brief(cal: dict[str, Any]) -> dict[str, Any]:
     keys = ("threshold", "alpha", "level", "k", "window", "frames_scored", "patches_scored", "queries", "unit")
@@ -57,7 +62,10 @@ def format_bytes(n: int) -> str:
 def format_stamp(ns: int | None) -> str:
     if not ns:
         return "-"
-    t = _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc)
+    try:
+        t = _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc)
+    except (OverflowError, ValueError, OSError):  # not a time this machine can show
+        return f"{ns} ns"
     return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d} UTC"
 
 
@@ -139,12 +147,15 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress: Any = No
     """Leave-one-out calibration with the settings of ``config`` (patch or instance bank)."""
     cal = calibrate_with_config(bank, config, progress)
     # The manifest's configuration says how the bank was calibrated (tools read it back).
-    for name in ("alpha", "k", "calibration_window", "calibration_level", "calibration_max_frames", "score_smoothing_sigma"):
+    for name in ("alpha", "k", "calibration_window", "calibration_level", "calibration_max_frames",
+                 "score_smoothing_sigma"):
         bank.config[name] = getattr(config, name)
     return cal
 
 
-def calibrate_coreset_bank(coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress: Any = None) -> None:
+def calibrate_coreset_bank(
+    coreset: NominalBank, full: NominalBank, config: PipelineConfig, progress: Any = None
+) -> None:
     """Calibrate a coreset against the frames of the ``full`` bank it was taken from (an unbiased threshold)."""
     calibrate_coreset(coreset, full, config, progress)
     for name in ("alpha", "k", "calibration_window", "calibration_level"):
@@ -183,7 +194,9 @@ def recalibrate(
     config = config_from_bank(bank, overrides)
     cal = calibrate_bank(bank, config, calibrate_progress(progress_enabled(progress)))
     if bank.extra.get("coreset"):
-        cal["queries"] = "the coreset's own vectors (biased high; calibrate before subsampling for an unbiased threshold)"
+        cal["queries"] = (
+            "the coreset's own vectors (biased high; calibrate before subsampling for an unbiased threshold)"
+        )
     target = Path(output if output is not None else path).expanduser().absolute()
     if output is not None:
         check_output(target, append=False)
@@ -259,24 +272,64 @@ def coreset_existing_bank(
     return result.bank, result
 
 
-def describe_bank(path: str | Path) -> str:
-    """Human-readable manifest: model, sizes, sources with time ranges, threshold and alpha."""
+def check_bank(path: str | Path, *, verify: bool = False) -> NominalBank:
+    """Load the bank at ``path`` with every check a monitor's load runs; BankError on any failure.
+
+    A damaged index file, which a monitor rebuilds, is a failure here too. ``verify`` re-hashes
+    every file whatever the bank's size. ``bank.checks`` lists what was checked, ``bank.warnings``
+    what is not damage (a legacy format).
+    """
+    return NominalBank.load(path, verify=True if verify else None, strict=True)
+
+
+def upgrade_bank(path: str | Path, output: str | Path | None = None) -> tuple[NominalBank, int]:
+    """Re-save the bank at ``path`` in the current format, in place or at ``output``.
+
+    Every file is verified first. Vectors, calibration and the saved index are kept as they are.
+    Returns the bank and the format version it had.
+    """
+    manifest = NominalBank.read_manifest(path)
+    bank = NominalBank.load(path, verify=True)
+    if INDEX_FILE in (manifest.get("files") or {}) and bank.search_index.saved_file is None:
+        bank.search_index.ensure()  # the saved index file was damaged or missing: save a fresh one
+    target = Path(output if output is not None else path).expanduser().absolute()
+    if output is not None:
+        check_output(target, append=False)
+    remove_stale_temp_dirs(target)
+    bank.save(target)
+    return bank, manifest["format_version"]
+
+
+def _num(value: Any, spec: str) -> str:
+    """A number formatted with ``spec``; anything else as it is (a description never fails)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "-" if value is None else str(value)
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def describe_bank(path: str | Path, manifest: dict[str, Any] | None = None) -> str:
+    """Human-readable manifest: model, sizes, sources with time ranges, threshold and alpha.
+
+    ``manifest``: the bank's checked manifest when already read (else it is read from ``path``).
+    """
     path = Path(path).expanduser()
-    m = NominalBank.read_manifest(path)
-    if m.get("format") != "semanom_ros.bank":
-        raise BuildError(f"{path / MANIFEST} is not a semanom_ros bank manifest")
-    model = m.get("model", {})
-    files = m.get("files", {})
-    size = sum(int(f.get("bytes", 0)) for f in files.values()) + (path / MANIFEST).stat().st_size
+    m = manifest if manifest is not None else NominalBank.read_manifest(path)
+    model = m["model"]
+    files = m.get("files") or {}
+    size = sum(int(f["bytes"]) for f in files.values()) + (path / MANIFEST).stat().st_size
     lines = [
         f"bank         {path.absolute()}  ({m.get('kind', 'patch')} bank, format {m.get('format_version')})",
         f"model        {model.get('model')}  (weights {model.get('fingerprint')}, dim {model.get('dim')}, "
         f"patch {model.get('patch_size')})",
         f"input        height {model.get('input_height')} px",
-        f"size         {m.get('num_vectors')} vectors ({m.get('embedding_dtype', 'float16')}), {m.get('num_frames')} frames, "
-        f"{format_bytes(size)} on disk",
+        f"size         {m.get('num_vectors')} vectors ({m.get('embedding_dtype', 'float16')}), "
+        f"{m.get('num_frames')} frames, {format_bytes(size)} on disk",
     ]
-    sources = m.get("sources", [])
+    sources = m.get("sources") or []
     lines.append(f"sources      {len(sources)}")
     for s in sources:
         first, last = s.get("first_stamp_ns"), s.get("last_stamp_ns")
@@ -288,44 +341,34 @@ def describe_bank(path: str | Path) -> str:
             f"  {s.get('name')}" + (f"  {s.get('topic')}" if s.get("topic") else "")
             + f"  {s.get('frames')} frames" + (f"  {span}" if span else "")
         )
-    cal = m.get("calibration")
-    if cal:
-        lines.append(
-            f"calibration  threshold {cal.get('threshold', float('nan')):.5f} at alpha {cal.get('alpha')} "
-            f"({cal.get('level')} level, k {cal.get('k')}, window {cal.get('window')}, "
-            f"{cal.get('frames_scored')} frames scored)"
-        )
-        key = "patch_scores" if cal.get("level", "patch") == "patch" else "image_scores"
-        q = (cal.get(key) or {}).get("quantiles", {})
-        if q:
-            lines.append(
-                f"             {key.replace('_', ' ')}: median {q.get('0.5', float('nan')):.4f}, "
-                f"p99 {q.get('0.99', float('nan')):.4f}, max {(cal.get(key) or {}).get('max', float('nan')):.4f}"
-            )
-        if cal.get("queries"):
-            lines.append(f"             queries: {cal['queries']}")
-    else:
-        lines.append("calibration  none (run 'semanom-bank calibrate')")
-    extra = m.get("extra") or {}
+    lines += _describe_calibration(m.get("calibration"))
+    extra = _obj(m.get("extra"))
     if extra.get("coreset"):
-        c = extra["coreset"]
+        c = _obj(extra["coreset"])
         if "to_vectors" in c:
+            fraction = c.get("kept_fraction")
             lines.append(
-                f"coreset      {c['to_vectors']} of {c['from_vectors']} vectors ({100 * c['kept_fraction']:.1f} %, "
+                f"coreset      {c.get('to_vectors')} of {c.get('from_vectors')} vectors "
+                f"({_num(100 * fraction if isinstance(fraction, (int, float)) else fraction, '.1f')} %, "
                 f"greedy k-center, seed {c.get('seed')})"
             )
         else:
             lines.append("coreset      merged from coreset banks")
     if extra.get("ignore_mask"):
-        im = extra["ignore_mask"]
-        lines.append(f"ignore mask  {im.get('path')} ({100 * im.get('ignored_fraction', 0):.1f} % of pixels)")
+        im = _obj(extra["ignore_mask"])
+        fraction = im.get("ignored_fraction", 0)
+        lines.append(
+            f"ignore mask  {im.get('path')} "
+            f"({_num(100 * fraction if isinstance(fraction, (int, float)) else fraction, '.1f')} % of pixels)"
+        )
     index = m.get("index")
     if index:
-        lines.append(f"index        {index.get('type')}" + (f" (recall@1 {index['recall_at_1']:.3f})" if index.get("recall_at_1") else ""))
-    builds = extra.get("builds") or []
+        recall = index.get("recall_at_1")
+        lines.append(f"index        {index.get('type')}" + (f" (recall@1 {recall:.3f})" if recall else ""))
+    builds = extra.get("builds") if isinstance(extra.get("builds"), list) else []
     if builds:
         lines.append(f"builds       {len(builds)}: " + ", ".join(
-            f"{b.get('time_utc')} +{b.get('frames_used')} frames" for b in builds[-5:]
+            f"{_obj(b).get('time_utc')} +{_obj(b).get('frames_used')} frames" for b in builds[-5:]
         ) + (" ..." if len(builds) > 5 else ""))
     cfg = m.get("config") or {}
     lines.append(
@@ -333,3 +376,24 @@ def describe_bank(path: str | Path) -> str:
         + (f"; pipeline k {cfg.get('k')}, min area {cfg.get('min_component_area_px')} px" if cfg else "")
     )
     return "\n".join(lines)
+
+
+def _describe_calibration(cal: dict[str, Any] | None) -> list[str]:
+    if not cal:
+        return ["calibration  none (run 'semanom-bank calibrate')"]
+    lines = [
+        f"calibration  threshold {cal['threshold']:.5f} at alpha {cal.get('alpha')} "
+        f"({cal.get('level')} level, k {cal.get('k')}, window {cal.get('window')}, "
+        f"{cal.get('frames_scored')} frames scored)"
+    ]
+    key = "patch_scores" if cal.get("level", "patch") == "patch" else "image_scores"
+    scores = _obj(cal.get(key))
+    q = _obj(scores.get("quantiles"))
+    if q:
+        lines.append(
+            f"             {key.replace('_', ' ')}: median {_num(q.get('0.5'), '.4f')}, "
+            f"p99 {_num(q.get('0.99'), '.4f')}, max {_num(scores.get('max'), '.4f')}"
+        )
+    if cal.get("queries"):
+        lines.append(f"             queries: {cal['queries']}")
+    return lines

@@ -5,6 +5,7 @@ life cycle and search :class:`~semanom_ros.core.search.index.SearchIndex` (``ban
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -13,29 +14,27 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import BankMismatchError
+from ..config import PipelineConfig
+from ..errors import BankError, BankMismatchError, ConfigError
 from ..search.index import SearchIndex
 from ..search.recall import evenly_spaced
 from ..search.spec import IndexSpec
-from .persist import ARRAY_FILES, BANK_FORMAT_VERSION, read_bank_dir, read_manifest, write_bank_dir
+from .persist import (
+    ARRAY_FILES,
+    BANK_FORMAT_VERSION,
+    FRAME_DTYPE,
+    MANIFEST,
+    VECTOR_META_DTYPE,
+    read_bank_dir,
+    read_manifest,
+    write_bank_dir,
+)
+from .schema import FORMAT_NAME
 from .signature import ModelSignature, check_signature
 
 # Banks of this kind hold one vector per object (instance mode), not one per patch.
 INSTANCE_BANK_KIND = "instance"
 _log = logging.getLogger("semanom_ros.bank")
-
-VECTOR_META_DTYPE = np.dtype([("frame", "<i4"), ("row", "<i2"), ("col", "<i2")])
-FRAME_DTYPE = np.dtype(
-    [
-        ("source", "<i4"),
-        ("index", "<i8"),
-        ("stamp_ns", "<i8"),
-        ("vec_start", "<i8"),
-        ("vec_count", "<i4"),
-        ("grid_h", "<i2"),
-        ("grid_w", "<i2"),
-    ]
-)
 
 
 @dataclass
@@ -56,7 +55,6 @@ class SourceInfo:
             last_stamp_ns=self.last_stamp_ns,
             frames=self.frames,
         )
-
 
 
 class ChunkedArray:
@@ -86,9 +84,11 @@ class ChunkedArray:
     STREAM_WRITE_BYTES = 64 * 2**20
 
     def write_npy(self, fh: Any) -> None:
-        """Write the array as a .npy file (the bytes np.save writes). A large array still in parts
-        (a bank streamed from a long recording) is written part by part, so saving needs no
-        second, concatenated copy of its vectors."""
+        """Write the array as a .npy file (the bytes np.save writes).
+
+        A large array still in parts (a bank streamed from a long recording) is written part by
+        part, so saving needs no second, concatenated copy of its vectors.
+        """
         if (
             self._cached is not None
             or len(self._parts) < 2
@@ -102,7 +102,6 @@ class ChunkedArray:
         np.lib.format.write_array_header_1_0(fh, header)
         for part in self._parts:
             fh.write(np.ascontiguousarray(part, dtype=first.dtype).data)
-
 
 
 class NominalBank:
@@ -128,6 +127,7 @@ class NominalBank:
         self._num_frames = 0
         self.search_index = SearchIndex(self)
         self.warnings: list[str] = []  # non-fatal problems found while loading or indexing (shown by nodes/tools)
+        self.checks: list[str] = []  # what loading checked, one line each (semanom-bank info --verify)
 
     # -- contents ---------------------------------------------------------------------------
     @property
@@ -178,8 +178,15 @@ class NominalBank:
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
-        if not np.isfinite(vectors).all():
-            raise ValueError(f"vectors of frame {index} from {source} contain NaN or inf")
+        with np.errstate(over="ignore"):  # an overflow is reported below, with the frame it is in
+            stored = vectors.astype(np.float16)
+        finite = np.isfinite(stored).all(axis=1)  # after the cast: beyond +-65504 is inf in float16
+        if not finite.all():
+            raise ValueError(
+                f"frame {index} of {source}" + (f" ({topic})" if topic else "")
+                + f": vector {int(np.argmin(finite))} of {len(vectors)} holds NaN or inf (or a value beyond float16's"
+                " +-65504) and cannot go into the bank (it would score every query 2.0); check the backbone's output"
+            )
         n = len(vectors)
         sid = self.source_id(source, topic)
         src = self.sources[sid]
@@ -196,7 +203,7 @@ class NominalBank:
         meta["col"] = cols if cols is not None else -1
         self.frame_chunks.append(frame)
         self.meta_chunks.append(meta)
-        self.vector_chunks.append(vectors.astype(np.float16))
+        self.vector_chunks.append(stored)
         self._num_vectors += n
         self._num_frames += 1
         self.search_index.invalidate()
@@ -236,6 +243,15 @@ class NominalBank:
         """A bank from precomputed embeddings; ``frame_of_vector`` groups vectors into frames."""
         bank = cls(signature, kind=kind)
         vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim == 2:
+            finite = np.isfinite(vectors).all(axis=1)
+            if not finite.all():
+                row = int(np.argmin(finite))
+                where = "" if frame_of_vector is None else f" (frame {np.asarray(frame_of_vector)[row]})"
+                raise ValueError(
+                    f"from_vectors: vector {row}{where} of {len(vectors)} from {source} holds NaN or inf and cannot "
+                    "go into the bank"
+                )
         if frame_of_vector is None:
             frame_of_vector = np.arange(len(vectors))
         frame_of_vector = np.asarray(frame_of_vector)
@@ -266,7 +282,6 @@ class NominalBank:
                 grid=(int(fr["grid_h"]), int(fr["grid_w"])),
             )
         self.calibration = None
-
 
     # -- search -----------------------------------------------------------------------------
     @property
@@ -320,7 +335,7 @@ class NominalBank:
     # -- persistence ------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
         return {
-            "format": "semanom_ros.bank",
+            "format": FORMAT_NAME,
             "format_version": BANK_FORMAT_VERSION,
             "kind": self.kind,
             "model": self.signature.to_dict(),
@@ -344,15 +359,23 @@ class NominalBank:
         return write_bank_dir(path, arrays, self.search_index.write, self.manifest)
 
     @classmethod
-    def load(cls, path: str | Path, *, mmap: bool = True, verify: bool | None = None) -> "NominalBank":
+    def load(
+        cls, path: str | Path, *, mmap: bool = True, verify: bool | None = None, strict: bool = False
+    ) -> "NominalBank":
         """Load a bank directory; raises BankError saying what is missing or corrupt.
 
-        ``verify`` checks file checksums (default: for banks under 512 MB); sizes and shapes are
-        always checked, so a truncated file never loads.
+        ``verify`` checks file checksums (default: for banks under 512 MB); the manifest's checksum
+        and keys, sizes, shapes, the frame table and finiteness are always checked, so a truncated
+        or NaN-filled file never loads. ``bank.checks`` lists what was checked. A damaged index
+        file is rebuilt with a warning, unless ``strict`` (then it is a BankError too).
         """
-        files = read_bank_dir(path, mmap=mmap, verify=verify)
+        files = read_bank_dir(path, mmap=mmap, verify=verify, strict=strict)
         manifest = files.manifest
-        bank = cls(files.signature, kind=manifest.get("kind", "patch"), config=manifest.get("config"))
+        config = manifest.get("config") or {}
+        check_bank_config(config, Path(path).expanduser() / MANIFEST)
+        files.checks.append("config: the recorded pipeline and index settings are valid")
+        bank = cls(files.signature, kind=manifest.get("kind", "patch"), config=config)
+        bank.checks = files.checks
         bank.sources = [SourceInfo(**s) for s in manifest.get("sources", [])]
         bank.calibration = manifest.get("calibration")
         bank.extra = manifest.get("extra", {}) or {}
@@ -373,6 +396,22 @@ class NominalBank:
         return read_manifest(path)
 
 
+def check_bank_config(config: dict[str, Any], manifest_path: Path) -> None:
+    """Check that the manifest's ``config`` gives a valid PipelineConfig and IndexSpec.
+
+    Tools and the monitor build both from it; a bad value is a BankError naming the manifest and
+    the setting.
+    """
+    known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    try:
+        PipelineConfig.from_dict({k: v for k, v in config.items() if k in known})
+        IndexSpec.from_config(config)
+    except (ConfigError, TypeError, ValueError, AttributeError) as exc:
+        raise BankError(
+            f"bank manifest {manifest_path}: key 'config' holds an unusable setting: {exc}; rebuild the bank"
+        ) from None
+
+
 def iter_frame_ids(bank: Any, max_frames: int) -> Iterable[int]:
     """Evenly spaced frame ids of a bank (anything with ``num_frames``), at most ``max_frames`` of them."""
     return evenly_spaced(bank.num_frames, max_frames)
@@ -385,5 +424,6 @@ __all__ = [
     "ChunkedArray",
     "NominalBank",
     "SourceInfo",
+    "check_bank_config",
     "iter_frame_ids",
 ]
