@@ -46,6 +46,7 @@ from semanom_ros.workflows.settings import config_from_bank
 
 from .params import CONFIGURE, RUNTIME, SPECS_BY_NAME, check_choice, config_values, declare_all
 from .diagnostics import MonitorDiagnostics, MonitorStats
+from .dds_profile import apply_large_image_profile
 from .decode_stage import DecodeAheadWorker
 from .image_input import image_input, sensor_qos
 from .publishers import OVERLAY_KEYS, OutputStage
@@ -415,6 +416,7 @@ class MonitorNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``ros2 run semanom_ros monitor_node``: spin until Ctrl-C, then shut down cleanly."""
+    apply_large_image_profile()  # before rclpy.init: best-effort subscribers get whole big images
     rclpy.init(args=args)
     node = None
     # Measured on the 30 Hz benchmark: with a SingleThreadedExecutor the subscription was served far
