@@ -167,6 +167,7 @@ def test_aggregator_config_groups_every_semanom_status():
 
 # -- the node over DDS ------------------------------------------------------------------------------------------
 rclpy = pytest.importorskip("rclpy")
+from test_monitor_node import wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -248,8 +249,8 @@ class Probe:
 
         assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS, self.node.stats.last_error
         assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        wait_for(lambda: self.pub.get_subscription_count() > 0
-                 and all(s.get_publisher_count() > 0 for s in self.subs), 10, "discovery")
+        wait_until(lambda: self.pub.get_subscription_count() > 0
+                   and all(s.get_publisher_count() > 0 for s in self.subs), 10, "discovery")
 
     def frame(self, rgb: np.ndarray, stamp_ns: int) -> Any:
         from semanom_ros.io.images import encode_image
@@ -268,15 +269,6 @@ class Probe:
             executor.shutdown()
         self.node.destroy_node()
         self.probe.destroy_node()
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
@@ -318,9 +310,9 @@ def test_every_processed_frame_reaches_reliable_and_best_effort_subscribers_at_3
         time.sleep(0.3)
         return done
 
-    wait_for(settled, 15, "the node to finish the frames it received")
+    wait_until(settled, 15, "the node to finish the frames it received")
     processed = node.stats.processed
-    wait_for(lambda: all(p.count(kind, key) >= processed for kind, key in p.stamps), 5, "the outputs to arrive")
+    wait_until(lambda: all(p.count(kind, key) >= processed for kind, key in p.stamps), 5, "the outputs to arrive")
     time.sleep(0.2)
     counts = {f"{kind} {key}": p.count(kind, key) for kind, key in p.stamps}
     assert processed >= 10, counts
@@ -343,7 +335,7 @@ def test_unsubscribed_images_are_not_built(probe, tiny_bank):
     p.activate()
     assert p.node._out.wanted_keys() == {"score", "is_anomalous"}
     p.pub.publish(p.frame(textured_frame(1, 240, 320), 5 * 10**9))
-    wait_for(lambda: p.count("reliable", "score") == 1, 10, "one score")
+    wait_until(lambda: p.count("reliable", "score") == 1, 10, "one score")
     published = p.node._out.published
     assert published["score"] == 1 and published["heatmap"] == 0 and published["overlay"] == 0
 
@@ -365,8 +357,8 @@ def test_alarm_events_and_an_anomaly_clip(probe, tiny_bank, tmp_path):
         if node.monitor.threshold != threshold:
             assert node.set_parameters([Parameter("threshold", value=threshold)])[0].successful
         p.pub.publish(p.frame(rgb, base + i * 100_000_000))
-        wait_for(lambda i=i: p.count("reliable", "score") == i + 1, 10, f"frame {i}")
-    wait_for(lambda: len(p.events) == 2, 5, "onset and offset events")
+        wait_until(lambda i=i: p.count("reliable", "score") == i + 1, 10, f"frame {i}")
+    wait_until(lambda: len(p.events) == 2, 5, "onset and offset events")
     onset, offset = p.events
     onset_stamp = base + 5 * 100_000_000  # the second anomalous frame of a window of three
     assert onset["event"] == "onset" and onset["stamp_ns"] == onset_stamp and onset["frame_id"] == "probe_camera"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from .worker import LatestFrameSlot
+from .worker import LatestFrameSlot, LatestFrameWorker
 
 __all__ = ["DecodeAheadWorker"]
 
@@ -20,47 +20,42 @@ class DecodeAheadWorker:
     """``decode(item)`` on one thread (None = skip the item), ``handle(decoded)`` on another.
 
     Same interface as :class:`semanom_ros.nodes.worker.LatestFrameWorker` (start, offer, stop,
-    running); ``on_error(exc)`` gets what either function raises, and both threads carry on.
+    running), whose newest-item thread runs ``handle``; ``on_error(exc)`` gets what either function
+    raises, and both threads carry on.
     """
 
     def __init__(self, name: str, decode: Callable[[Any], Any], handle: Callable[[Any], Any],
                  on_error: Callable[[Exception], None], on_drop: Callable[[], None]) -> None:
         self.name = name
         self._decode = decode
-        self._handle = handle
         self._on_error = on_error
         self._on_drop = on_drop
         self._raw = LatestFrameSlot()
-        self._decoded = LatestFrameSlot()
-        self._threads: list[threading.Thread] = []
+        self._worker = LatestFrameWorker(name, handle, on_error)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._raw.reopen()
-        self._decoded.reopen()
-        self._threads = [
-            threading.Thread(target=self._decode_loop, name=f"{self.name}_decode", daemon=True),
-            threading.Thread(target=self._work_loop, name=self.name, daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._worker.start()
+        self._thread = threading.Thread(target=self._decode_loop, name=f"{self.name}_decode", daemon=True)
+        self._thread.start()
 
     def offer(self, item: Any) -> bool:
         """Hand over a raw item; True when it replaced one the decode thread had not taken (a drop)."""
         return self._raw.put(item)
 
     def stop(self, timeout: float = 60.0) -> bool:
-        """Close both slots and join both threads; False if one still runs after ``timeout`` seconds."""
+        """Stop the decode thread, then the worker (it finishes its frame); False if one outlives ``timeout``."""
         self._raw.close()
-        self._decoded.close()
-        threads, self._threads = self._threads, []
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=timeout)
-        return not any(t.is_alive() for t in threads)
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
+        worker_stopped = self._worker.stop(timeout)
+        return worker_stopped and not (thread is not None and thread.is_alive())
 
     @property
     def running(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
+        return self._worker.running or (self._thread is not None and self._thread.is_alive())
 
     def _decode_loop(self) -> None:
         while True:
@@ -72,15 +67,5 @@ class DecodeAheadWorker:
             except Exception as exc:  # noqa: BLE001 - the thread must survive anything one frame does
                 self._on_error(exc)
                 continue
-            if decoded is not None and self._decoded.put(decoded):
+            if decoded is not None and self._worker.offer(decoded):
                 self._on_drop()  # the worker was busy with an older one: that decoded frame is dropped
-
-    def _work_loop(self) -> None:
-        while True:
-            decoded = self._decoded.take()
-            if decoded is None:
-                return
-            try:
-                self._handle(decoded)
-            except Exception as exc:  # noqa: BLE001
-                self._on_error(exc)
