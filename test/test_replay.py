@@ -13,7 +13,7 @@ from conftest import textured_frame
 from semanom_ros.core import Monitor, PatchBankBuilder, PipelineConfig
 from semanom_ros.io.images import decode_image
 from semanom_ros.io.bagwrite import write_image_bag
-from semanom_ros.io.bags import ros2_typestore
+from semanom_ros.io.vision_types import vision_typestore
 
 pytest.importorskip("rclpy")
 from semanom_ros.tools.replay import main  # noqa: E402
@@ -28,8 +28,11 @@ OUTPUTS = {
     f"{NS}/is_anomalous": "std_msgs/msg/Bool",
     f"{NS}/score": "std_msgs/msg/Float32",
     f"{NS}/score_map": "sensor_msgs/msg/Image",
+    f"{NS}/heatmap": "sensor_msgs/msg/Image",
     f"{NS}/overlay": "sensor_msgs/msg/Image",
+    f"{NS}/overlay/compressed": "sensor_msgs/msg/CompressedImage",
     f"{NS}/instances/labels": "sensor_msgs/msg/Image",
+    f"{NS}/instances": "vision_msgs/msg/Detection2DArray",
 }
 
 
@@ -49,14 +52,17 @@ def read_bag(path: Path) -> dict[str, list[tuple[int, bytes, str]]]:
     from rosbags.highlevel import AnyReader
 
     out: dict[str, list[tuple[int, bytes, str]]] = {}
-    with AnyReader([path], default_typestore=ros2_typestore()) as reader:
+    # A fresh typestore: the bag's own embedded definitions (vision_msgs included) must suffice.
+    from rosbags.typesys import Stores, get_typestore
+
+    with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
         for conn, ts, raw in reader.messages():
             out.setdefault(conn.topic, []).append((ts, bytes(raw), conn.msgtype))
     return out
 
 
 def deserialize(raw: bytes, msgtype: str):
-    return ros2_typestore().deserialize_cdr(raw, msgtype)
+    return vision_typestore().deserialize_cdr(raw, msgtype)
 
 
 def stamp_ns(msg) -> int:
@@ -138,7 +144,7 @@ def test_replay_refuses_to_overwrite_and_names_a_missing_topic(tiny_bank, tmp_pa
                  "--namespace", "/mon", "--no-overlay"]) == 0
     counts = {t: len(m) for t, m in read_bag(out).items()}
     assert counts == {"/cam/image": 6, "/mon/is_anomalous": 6, "/mon/score": 6, "/mon/score_map": 6,
-                      "/mon/instances/labels": 6}
+                      "/mon/heatmap": 6, "/mon/instances/labels": 6, "/mon/instances": 6}
     assert main([str(bag), "--bank", str(tiny_bank), "-o", str(tmp_path / "x"), "--topic", "/nope"]) == 2
     err = capsys.readouterr().err
     assert "'/nope'" in err and "/cam/image" in err and not (tmp_path / "x").exists()
@@ -153,3 +159,32 @@ def test_eval_and_replay_share_their_pipeline_override_flags():
         args = parser.parse_args([*required, "--alpha", "0.99", "--nprobe", "8", "--min-area", "100"])
         assert pipeline_overrides(args) == {"alpha": 0.99, "nprobe": 8, "min_component_area_px": 100}
         assert pipeline_overrides(parser.parse_args(required)) == {}
+
+
+def test_sqlite3_storage_carries_detections_and_heatmap(tiny_bank, tmp_path, capsys):
+    """--storage sqlite3 (plays on Humble without the MCAP plugin); the detections and the heat map decode."""
+    bag = _small_bag(tmp_path / "in")
+    out = tmp_path / "out.db3"
+    assert main([str(bag), "--bank", str(tiny_bank), "-o", str(out), "--no-progress", "--storage", "sqlite3",
+                 "--threshold", "0.0", "--min-area", "0"]) == 0, capsys.readouterr().err
+    bag_dir, db3 = output_paths(out, "sqlite3")
+    assert db3 == tmp_path / "out" / "out.db3" and db3.is_file()
+    assert "storage_identifier: sqlite3" in (bag_dir / "metadata.yaml").read_text()
+    assert not list(bag_dir.glob("*.mcap"))
+    written = read_bag(bag_dir)
+    assert {t: m[0][2] for t, m in written.items()} == {"/cam/image": "sensor_msgs/msg/CompressedImage", **OUTPUTS}
+    frame = deserialize(written["/cam/image"][0][1], "sensor_msgs/msg/CompressedImage")
+    det = deserialize(written[f"{NS}/instances"][0][1], "vision_msgs/msg/Detection2DArray")
+    assert stamp_ns(det) == stamp_ns(frame) and det.header.frame_id == frame.header.frame_id
+    image = det.detections[0]
+    assert image.id == "image" and image.results[0].hypothesis.class_id == "anomalous"  # threshold 0: all above
+    score = deserialize(written[f"{NS}/score"][0][1], "std_msgs/msg/Float32").data
+    assert image.results[0].hypothesis.score == pytest.approx(score, rel=1e-6)
+    assert (image.bbox.size_x, image.bbox.size_y) == (140, 84)
+    assert (image.bbox.center.position.x, image.bbox.center.position.y) == (70, 42)
+    # threshold 0 with no area filter: one region covering the whole frame, id 1 = its value in the labels
+    assert [d.id for d in det.detections] == ["image", "1"] and det.detections[1].bbox.size_x == 140
+    heatmap = deserialize(written[f"{NS}/heatmap"][0][1], "sensor_msgs/msg/Image")
+    assert (heatmap.encoding, heatmap.height, heatmap.width) == ("bgr8", 84, 140)
+    jpeg = deserialize(written[f"{NS}/overlay/compressed"][0][1], "sensor_msgs/msg/CompressedImage")
+    assert "jpeg" in jpeg.format and bytes(jpeg.data[:2]) == b"\xff\xd8"

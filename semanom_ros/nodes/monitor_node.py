@@ -34,7 +34,6 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -42,12 +41,15 @@ from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import ConfigError, ImageError, SemanomError
 from semanom_ros.core.monitor import Monitor
 from semanom_ros.io.images import ImageDecodeError, decode_image
-from semanom_ros.io.messages import build_output_messages, output_message_types
+from semanom_ros.io.messages import build_output_messages
 from semanom_ros.workflows.settings import config_from_bank
 
 from .params import CONFIGURE, RUNTIME, SPECS_BY_NAME, check_choice, config_values, declare_all
 from .diagnostics import MonitorDiagnostics, MonitorStats
+from .dds_profile import apply_large_image_profile
+from .decode_stage import DecodeAheadWorker
 from .image_input import image_input, sensor_qos
+from .publishers import OVERLAY_KEYS, OutputStage
 from .worker import LatestFrameWorker
 
 __all__ = ["DEFAULT_NODE_NAME", "MonitorNode", "main"]
@@ -69,11 +71,9 @@ class MonitorNode(LifecycleNode):
         self._diagnostics = MonitorDiagnostics(self.stats)
         self._monitor: Monitor | None = None
         self._engine_lock = threading.Lock()  # the worker's frame vs. live parameter changes
-        self._worker = LatestFrameWorker(
-            "semanom_monitor_worker", lambda item: self.process_message(*item), self._frame_failed
-        )
+        self._worker: LatestFrameWorker | DecodeAheadWorker = self._make_worker()
         self._subscription = None
-        self._outputs: dict[str, Any] = {}
+        self._out = OutputStage(self, self._param)  # publishers, alarm + ~/events, clips (nodes/publishers.py)
         self._input_topic = ""
         self._input_msg_type: Any = Image
         self._device = "-"
@@ -145,6 +145,7 @@ class MonitorNode(LifecycleNode):
             monitor = Monitor(config, bank_dir)
             self._warm_up(monitor, int(self._param("warmup_frames")))
             load_s = time.perf_counter() - t0
+            self._out.configure()
         except SemanomError as exc:
             return self._fail("configure", str(exc))
         except Exception as exc:  # noqa: BLE001 - transformers/torch/faiss raise many types; all mean "cannot load"
@@ -153,13 +154,6 @@ class MonitorNode(LifecycleNode):
             self._monitor = monitor
         self._transition_error = ""
         self._device = str(monitor.extractor.device)
-        reliable = ReliabilityPolicy.RELIABLE
-        for key, msg_type in output_message_types().items():
-            # Outputs are reliable (RViz's Image display default); images keep only the newest one.
-            depth = 1 if msg_type is Image else 5
-            self._outputs[key] = self.create_lifecycle_publisher(
-                msg_type, f"~/{key}", QoSProfile(depth=depth, reliability=reliable)
-            )
         self._reset_diag_timer()
         self.get_logger().info(
             f"configured in {load_s:.1f} s: model {config.model} at input height {config.input_height} on "
@@ -207,6 +201,7 @@ class MonitorNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_input()
+        self._out.deactivate()
         self.get_logger().info("inactive: not listening, not publishing")
         return super().on_deactivate(state)
 
@@ -225,8 +220,20 @@ class MonitorNode(LifecycleNode):
         self._release()
         return super().on_error(state)  # SUCCESS -> unconfigured, ready to configure again
 
+    def _make_worker(self) -> LatestFrameWorker | DecodeAheadWorker:
+        if bool(self._param("decode_ahead")):
+            return DecodeAheadWorker("semanom_monitor_worker", self._decode_item, self._process_decoded,
+                                     self._frame_failed, self._count_drop)
+        return LatestFrameWorker("semanom_monitor_worker", lambda item: self.process_message(*item),
+                                 self._frame_failed)
+
     def _start_worker(self) -> None:
+        self._worker = self._make_worker()  # decode_ahead is read at activation
         self._worker.start()
+
+    def _count_drop(self) -> None:
+        with self.stats.lock:
+            self.stats.dropped += 1
 
     def _stop_input(self) -> None:
         """Unsubscribe, then stop and join the worker (it finishes the frame in hand first)."""
@@ -237,9 +244,7 @@ class MonitorNode(LifecycleNode):
             self.get_logger().error("the worker thread did not stop within 60 s (a frame is still being processed)")
 
     def _release(self) -> None:
-        for pub in self._outputs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._outputs.clear()
+        self._out.release()
         with self._engine_lock:
             monitor, self._monitor = self._monitor, None
         if monitor is not None:
@@ -270,13 +275,23 @@ class MonitorNode(LifecycleNode):
 
     def process_message(self, msg: Any, received: float | None = None) -> dict[str, Any] | None:
         """Decode, score and publish one image message; returns the published messages (None if bad)."""
-        received = time.monotonic() if received is None else received
+        decoded = self._decode_item((msg, time.monotonic() if received is None else received))
+        return None if decoded is None else self._process_decoded(decoded)
+
+    def _decode_item(self, item: tuple[Any, float]) -> tuple[Any, np.ndarray, float, float, float] | None:
+        """(msg, rgb, received, decode started, decode done), or None for a bad message (counted)."""
+        msg, received = item
         started = time.monotonic()
         try:
             rgb = decode_image(msg)
         except ImageDecodeError as exc:
             self._bad_message(str(exc))
             return None
+        return msg, rgb, received, started, time.monotonic()
+
+    def _process_decoded(self, item: tuple[Any, np.ndarray, float, float, float]) -> dict[str, Any] | None:
+        """Score and publish one decoded frame (the worker's half of :meth:`process_message`)."""
+        msg, rgb, received, started, decoded_at = item
         t0 = time.monotonic()
         with self._engine_lock:
             monitor = self._monitor
@@ -288,20 +303,17 @@ class MonitorNode(LifecycleNode):
                 self._bad_message(str(exc))
                 return None
             t1 = time.monotonic()
-            overlay = monitor.overlay(rgb, result) if self._publish_overlay else None
+            keys = self._out.wanted_keys(self._publish_overlay, self._publish_score_map)
+            overlay = monitor.overlay(rgb, result) if keys & OVERLAY_KEYS else None
         t2 = time.monotonic()
-        messages = build_output_messages(result, rgb, msg.header, overlay_bgr=overlay)
-        if not self._publish_score_map:
-            messages.pop("score_map", None)
-        for key, out in messages.items():
-            pub = self._outputs.get(key)
-            if pub is not None:
-                pub.publish(out)
+        messages = self._out.publish(result, rgb, msg, overlay, keys)
         done = time.monotonic()
+        engine_ms = result.timings_ms
         self.stats.record_frame(
             done - received, t2 - t0,
-            {"wait": started - received, "decode": t0 - started, "engine": t1 - t0, "overlay": t2 - t1,
-             "publish": done - t2},
+            {"wait": (started - received) + (t0 - decoded_at), "decode": decoded_at - started, "engine": t1 - t0,
+             "features": engine_ms.get("features", 0.0) / 1e3, "search": engine_ms.get("search", 0.0) / 1e3,
+             "maps": engine_ms.get("maps", 0.0) / 1e3, "overlay": t2 - t1, "publish": done - t2},
         )
         return messages
 
@@ -390,7 +402,7 @@ class MonitorNode(LifecycleNode):
     def diagnostic_status(self) -> DiagnosticStatus:
         """The node's DiagnosticStatus now (level, message, key/values)."""
         return self._diagnostics.status(
-            name=f"semanom_monitor: {self.get_fully_qualified_name()}", state=self.lifecycle_state,
+            name=f"semanom: {self.get_fully_qualified_name()}", state=self.lifecycle_state,
             transition_error=self._transition_error, input_topic=self._input_topic, device=self._device,
             drop_warn_fraction=self._drop_warn_fraction, monitor=self._monitor,
         )
@@ -398,12 +410,13 @@ class MonitorNode(LifecycleNode):
     def publish_diagnostics(self) -> None:
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [self.diagnostic_status()]
+        array.status = [self.diagnostic_status(), *self._out.statuses(self.get_fully_qualified_name(), self._device)]
         self._diag_pub.publish(array)
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``ros2 run semanom_ros monitor_node``: spin until Ctrl-C, then shut down cleanly."""
+    apply_large_image_profile()  # before rclpy.init: best-effort subscribers get whole big images
     rclpy.init(args=args)
     node = None
     # Measured on the 30 Hz benchmark: with a SingleThreadedExecutor the subscription was served far

@@ -18,6 +18,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from semanom_ros.core.config import DEFAULT_MODEL, PipelineConfig
 from semanom_ros.workflows.settings import BUILD_KEYS, is_unset
 
+from .output_params import OUTPUT_PARAM_FIELDS
+
 __all__ = [
     "RUNTIME",
     "CONFIGURE",
@@ -89,6 +91,8 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               int_range=(0, 100), config_field=False),
     ParamSpec("autostart", False, "Configure and activate right after start-up (the launch file sets it; "
               "with false, drive the node with 'ros2 lifecycle set').", config_field=False),
+    # -- outputs, alarm and clips (semanom_ros.nodes.publishers) ------------------------------------------
+    *(ParamSpec(config_field=False, **fields) for fields in OUTPUT_PARAM_FIELDS),
     # -- backbone (must match the bank) -------------------------------------------------------------------
     _pipeline("model", "DINOv2 hub id or local folder; '' = the model recorded in the bank's manifest.",
               default=""),

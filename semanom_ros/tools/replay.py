@@ -2,17 +2,19 @@
 
     semanom-replay drive/ --bank banks/highway -o replay/drive_monitor.mcap [--topic /camera/image_raw]
 
-The output is a rosbag2 directory (MCAP storage) holding the input image messages copied
-through byte for byte and the monitor's topics under ``--namespace`` (default
+The output is a rosbag2 directory (MCAP storage; ``--storage sqlite3`` for the plugin every ROS 2
+distro ships, e.g. Humble without ros-humble-rosbag2-storage-mcap) holding the input image
+messages copied through byte for byte and the monitor's topics under ``--namespace`` (default
 ``/semanom_monitor``): ``is_anomalous`` (std_msgs/Bool), ``score`` (std_msgs/Float32),
-``score_map`` (sensor_msgs/Image 32FC1), ``overlay`` (sensor_msgs/Image bgr8) and
-``instances/labels`` (sensor_msgs/Image mono16), plus ``instances``
-(vision_msgs/Detection2DArray) where vision_msgs imports. The messages are built by the node's
-own ``semanom_ros.io.messages.build_output_messages`` and carry the input header; they are
-written at the input message's bag timestamp. Every frame is processed (nothing is dropped,
+``score_map`` (sensor_msgs/Image 32FC1), ``heatmap`` (sensor_msgs/Image bgr8, 0 .. 2 x
+threshold), ``overlay`` (sensor_msgs/Image bgr8), ``overlay/compressed`` (JPEG CompressedImage),
+``instances/labels`` (sensor_msgs/Image mono16) and ``instances`` (vision_msgs/Detection2DArray,
+written with its definitions whether or not vision_msgs is installed). The messages are built
+by the node's own ``semanom_ros.io.messages.build_output_messages`` and carry the input header;
+they are written at the input message's bag timestamp. Every frame is processed (nothing is dropped,
 nothing depends on timing), so two replays of one bag are identical apart from wall-clock
 metadata. ``-o NAME.mcap`` writes the directory ``NAME/`` with ``NAME/NAME.mcap`` inside (the file
-Foxglove opens) and ``metadata.yaml`` (what ``ros2 bag play`` reads).
+Foxglove opens; ``NAME/NAME.db3`` with sqlite3) and ``metadata.yaml`` (what ``ros2 bag play`` reads).
 
 Live alternative: ``ros2 bag play BAG`` in one terminal and
 ``ros2 launch semanom_ros monitor.launch.py image_topic:=/camera/image_raw bank_path:=BANK`` in another.
@@ -26,7 +28,7 @@ import sys
 from collections.abc import Sequence
 
 from semanom_ros.core.errors import SemanomError
-from semanom_ros.workflows.replay import DEFAULT_NAMESPACE, ReplayError, replay_bag
+from semanom_ros.workflows.replay import DEFAULT_NAMESPACE, STORAGES, ReplayError, replay_bag
 from semanom_ros.workflows.settings import config_from_bank
 
 from .pipeline_args import add_pipeline_overrides, pipeline_overrides, stderr_warning_sink
@@ -43,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", help="input rosbag2 bag (directory, .mcap or .db3)")
     p.add_argument("--bank", required=True, help="bank directory (its manifest gives the pipeline settings)")
     p.add_argument("-o", "--output", required=True,
-                   help="output bag: NAME or NAME.mcap -> directory NAME/ with NAME.mcap")
+                   help="output bag: NAME or NAME.mcap -> directory NAME/ with NAME.mcap (or NAME.db3)")
+    p.add_argument("--storage", choices=sorted(STORAGES), default="mcap",
+                   help="rosbag2 storage: mcap (default, zstd chunks) or sqlite3 (plays on every distro, e.g. "
+                   "Humble without the MCAP plugin; uncompressed)")
     p.add_argument("--topic", help="image topic (default: the one with most messages)")
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE,
                    help=f"prefix of the output topics (default {DEFAULT_NAMESPACE})")
@@ -68,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = replay_bag(
             args.bag, args.bank, args.output, cfg, topic=args.topic, namespace=args.namespace,
             all_topics=args.all_topics, overlay=not args.no_overlay, max_frames=args.max_frames,
-            overwrite=args.overwrite, compress=not args.no_compression, progress=not args.no_progress, sink=sink,
+            overwrite=args.overwrite, compress=not args.no_compression, storage=args.storage,
+            progress=not args.no_progress, sink=sink,
         )
     except (SemanomError, ReplayError) as exc:
         print(f"semanom-replay: error: {exc}", file=sys.stderr)
@@ -76,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = ", ".join(f"{name} {n}" for name, n in sorted(summary.counts.items()))
     print(
         f"{summary.frames} frames of {summary.topic} processed ({summary.anomalous} anomalous); wrote "
-        f"{summary.input_messages} input messages and {counts} to {summary.mcap_file}"
+        f"{summary.input_messages} input messages and {counts} to {summary.storage_file}"
     )
     return 0
 

@@ -1,12 +1,15 @@
 """Replay: run the monitor over every frame of a bag, offline, and write a bag of its outputs.
 
-The output is a rosbag2 directory (MCAP storage) holding the input image messages copied
-through byte for byte and the monitor's topics under a namespace (default
-``/semanom_monitor``); the messages are the node's own
+The output is a rosbag2 directory (MCAP storage, or sqlite3 with ``storage="sqlite3"``: the
+storage plugin every ROS 2 distro ships, so Humble plays it without the MCAP plugin) holding the
+input image messages copied through byte for byte and the monitor's topics under a namespace
+(default ``/semanom_monitor``); the messages are the node's own
 (:func:`semanom_ros.io.messages.build_output_messages`) and carry the input header; they are
-written at the input message's bag timestamp. Every frame is processed (nothing is dropped,
-nothing depends on timing), so two replays of one bag are identical apart from wall-clock
-metadata.
+written at the input message's bag timestamp. ``<ns>/instances`` (vision_msgs/Detection2DArray:
+the image-level result and one detection per region) is always written, whether or not
+vision_msgs is installed: its definitions come from :mod:`semanom_ros.io.vision_types`. Every
+frame is processed (nothing is dropped, nothing depends on timing), so two replays of one bag are
+identical apart from wall-clock metadata.
 """
 from __future__ import annotations
 
@@ -20,14 +23,17 @@ from typing import Any
 from semanom_ros.core import Monitor, PipelineConfig
 from semanom_ros.io.bags import iter_bag_frames, ros2_typestore
 from semanom_ros.io.frame_types import IMAGE_MSGTYPES, SkipStats
+from semanom_ros.io.vision_types import DETECTION2D_ARRAY, detection_array, vision_typestore
 
 from .eval_data import WarningSink
 
-__all__ = ["DEFAULT_NAMESPACE", "ReplayError", "ReplaySummary", "output_paths", "replay_bag", "ros_msgtype"]
+__all__ = ["DEFAULT_NAMESPACE", "STORAGES", "ReplayError", "ReplaySummary", "output_paths", "replay_bag",
+           "ros_msgtype"]
 
 _log = logging.getLogger("semanom_ros.replay")
 
 DEFAULT_NAMESPACE = "/semanom_monitor"
+STORAGES = {"mcap": ".mcap", "sqlite3": ".db3"}  # rosbag2 storage plugin -> file suffix
 
 
 class ReplayError(RuntimeError):
@@ -39,7 +45,7 @@ class ReplaySummary:
     """What a replay wrote: the output bag, the input topic and per-topic message counts."""
 
     bag_dir: Path
-    mcap_file: Path
+    storage_file: Path  # the .mcap or .db3 file inside bag_dir
     topic: str
     input_messages: int = 0
     frames: int = 0
@@ -47,6 +53,11 @@ class ReplaySummary:
     counts: dict[str, int] = field(default_factory=dict)
     skipped: str = ""
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mcap_file(self) -> Path:
+        """The storage file (kept under its old name; it is a .db3 file with sqlite3 storage)."""
+        return self.storage_file
 
 
 def ros_msgtype(msg: Any) -> str:
@@ -56,19 +67,25 @@ def ros_msgtype(msg: Any) -> str:
     return f"{package}/msg/{cls.__name__}"
 
 
-def output_paths(output: str | Path) -> tuple[Path, Path]:
-    """(bag directory, .mcap file) for ``-o``: ``X.mcap`` and ``X`` both give ``X/X.mcap``."""
+def output_paths(output: str | Path, storage: str = "mcap") -> tuple[Path, Path]:
+    """Return (bag directory, storage file) for ``-o``.
+
+    ``X.mcap`` and ``X`` both give ``X/X.mcap`` (sqlite3: ``X.db3`` and ``X`` give ``X/X.db3``).
+    """
+    if storage not in STORAGES:
+        raise ReplayError(f"storage {storage!r} is not one of {', '.join(STORAGES)}")
     out = Path(output)
-    bag_dir = out.with_suffix("") if out.suffix.lower() == ".mcap" else out
-    return bag_dir, bag_dir / f"{bag_dir.name}.mcap"
+    bag_dir = out.with_suffix("") if out.suffix.lower() in STORAGES.values() else out
+    return bag_dir, bag_dir / f"{bag_dir.name}{STORAGES[storage]}"
 
 
 def _rclpy_header(header: Any) -> Any:
-    """rosbags std_msgs/Header -> rclpy std_msgs.msg.Header (same stamp and frame_id)."""
+    """Convert a rosbags std_msgs/Header to an rclpy std_msgs.msg.Header (same stamp and frame_id)."""
     from builtin_interfaces.msg import Time
     from std_msgs.msg import Header
 
-    return Header(stamp=Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec)), frame_id=str(header.frame_id))
+    stamp = Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
+    return Header(stamp=stamp, frame_id=str(header.frame_id))
 
 
 def _canonical_cdr(raw: bytes, msgtype: str) -> bytes:
@@ -103,18 +120,22 @@ def replay_bag(
     max_frames: int | None = None,
     overwrite: bool = False,
     compress: bool = True,
+    storage: str = "mcap",
     progress: bool = True,
     sink: WarningSink | None = None,
     monitor: Monitor | None = None,
 ) -> ReplaySummary:
-    """Process every frame of ``topic`` in ``bag`` and write the input and output topics to an MCAP bag."""
+    """Process every frame of ``topic`` in ``bag`` and write the input and output topics to a bag.
+
+    ``storage`` is ``mcap`` (zstd chunks unless ``compress`` is False) or ``sqlite3`` (uncompressed).
+    """
     from rclpy.serialization import serialize_message
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
     from tqdm import tqdm
 
     try:
-        from semanom_ros.io.messages import build_output_messages
+        from semanom_ros.io.messages import build_output_messages, detection_rows
     except ImportError as exc:
         raise ReplayError(
             f"semanom_ros.io.messages is not importable ({exc}); the replay builds the node's messages with it"
@@ -123,7 +144,7 @@ def replay_bag(
     sink = sink or WarningSink()
     bag = Path(bag)
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    bag_dir, mcap_file = output_paths(output)
+    bag_dir, storage_file = output_paths(output, storage)
     if bag_dir.resolve() == bag.resolve() or bag.resolve() in bag_dir.resolve().parents:
         raise ReplayError(f"output {bag_dir} would be inside the input bag {bag}; choose another -o")
     if bag_dir.exists():
@@ -144,8 +165,8 @@ def replay_bag(
         raise ReplayError(f"bag {bag} gave no frames on {topic or 'its image topic'} ({stats.summary()})")
     topic = str(first.topic)
     monitor = monitor or Monitor(config, bank)
-    typestore = ros2_typestore()
-    summary = ReplaySummary(bag_dir=bag_dir, mcap_file=mcap_file, topic=topic)
+    typestore = vision_typestore()  # the ROS 2 types plus vision_msgs, for the detections
+    summary = ReplaySummary(bag_dir=bag_dir, storage_file=storage_file, topic=topic)
 
     def frame_stream():
         yield first
@@ -153,8 +174,9 @@ def replay_bag(
 
     frame_iter = frame_stream()
     next_frame = next(frame_iter, None)
-    writer = Writer(bag_dir, version=8, storage_plugin=StoragePlugin.MCAP)
-    if compress:
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    writer = Writer(bag_dir, version=8, storage_plugin=plugin)
+    if compress and storage == "mcap":
         # zstd MCAP chunks: score maps and label images are mostly smooth or empty (~5x smaller); Foxglove and
         # the rosbag2 MCAP plugin read them transparently.
         writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
@@ -165,7 +187,8 @@ def replay_bag(
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises many types; all mean "cannot open"
         raise ReplayError(
-            f"cannot open bag {bag} to copy its messages ({exc}); a damaged MCAP file can be rebuilt with `mcap recover`"
+            f"cannot open bag {bag} to copy its messages ({exc}); "
+            "a damaged MCAP file can be rebuilt with `mcap recover`"
         ) from None
     try:
         with writer:
@@ -210,18 +233,24 @@ def replay_bag(
                     header = _rclpy_header(input_msg.header)
                     result = monitor.process(frame.rgb)
                     overlay_bgr = monitor.overlay(frame.rgb, result) if overlay else None
-                    messages = build_output_messages(result, frame.rgb, header, overlay_bgr=overlay_bgr)
-                    for key, msg in messages.items():
+                    # The detections are built as rosbags messages (vision_msgs may not be importable).
+                    messages = build_output_messages(result, frame.rgb, header, overlay_bgr=overlay_bgr,
+                                                     detections=False)
+                    records = [(key, ros_msgtype(msg), _canonical_cdr(serialize_message(msg), ros_msgtype(msg)))
+                               for key, msg in messages.items()]
+                    detections = detection_array(detection_rows(result, frame.rgb.shape[:2]), input_msg.header)
+                    records.insert(-2, ("instances", DETECTION2D_ARRAY,
+                                        bytes(typestore.serialize_cdr(detections, DETECTION2D_ARRAY))))
+                    for key, msgtype, raw_out in records:
                         name = f"{ns}/{key}"
                         if name not in out_conns:
-                            msgtype = ros_msgtype(msg)
                             if msgtype not in typestore.fielddefs:
                                 if name not in unsupported:
                                     unsupported.add(name)
                                     sink.warning(f"{name}: {msgtype} is unknown to rosbags' typestore; not written")
                                 continue
                             out_conns[name] = writer.add_connection(name, msgtype, typestore=typestore)
-                        writer.write(out_conns[name], timestamp, _canonical_cdr(serialize_message(msg), ros_msgtype(msg)))
+                        writer.write(out_conns[name], timestamp, raw_out)
                         summary.counts[name] = summary.counts.get(name, 0) + 1
                     summary.frames += 1
                     summary.anomalous += int(result.is_anomalous)
