@@ -42,7 +42,7 @@ def frame_messages(raw_input: bool):
 
 def run(seconds: float, rate: float, raw_input: bool, record: bool, folder: Path) -> dict:
     from semanom_ros.workflows.clip_recorder import ClipRecord, ClipRecorder, message_nbytes
-    from semanom_ros.workflows.replay import ros_msgtype
+    from semanom_ros.io.serialization import ros_msgtype
 
     camera, overlay, score, flag = frame_messages(raw_input)
     rec = ClipRecorder(folder, pre_s=2.0, post_s=2.0, quota_bytes=4 << 30) if record else None

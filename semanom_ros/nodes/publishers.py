@@ -30,7 +30,7 @@ from semanom_ros.core.errors import ConfigError
 from semanom_ros.core.result import AnomalyResult
 from semanom_ros.io.messages import build_output_messages, output_message_types
 from semanom_ros.workflows.clip_recorder import ClipRecord, ClipRecorder, message_nbytes
-from semanom_ros.workflows.replay import ros_msgtype
+from semanom_ros.io.serialization import ros_msgtype
 
 from .output_params import CLIP_TOPIC_CHOICES
 

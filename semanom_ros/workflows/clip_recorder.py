@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from semanom_ros.io.serialization import serialize_rclpy
 from semanom_ros.io.clips import CLIP_PREFIX, ClipBagWriter, clip_name, dir_bytes, enforce_quota
 
 __all__ = ["ClipRecord", "ClipRecorder", "ClipStats", "message_nbytes"]
@@ -95,7 +96,7 @@ class ClipRecorder:
         self.buffer_bytes = int(buffer_bytes)
         self.storage = storage
         self.prefix = prefix
-        self._serialize = serialize or _rclpy_serialize
+        self._serialize = serialize or serialize_rclpy
         self.stats = ClipStats()
         self._ring: deque[ClipRecord] = deque()
         self._ring_bytes = 0
@@ -233,9 +234,3 @@ class ClipRecorder:
                                                       keep=(writer.path,)))
         _log.info("clip %s: %d messages, %.1f MB", writer.path, writer.messages, dir_bytes(writer.path) / 1e6)
         return None
-
-
-def _rclpy_serialize(msg: Any) -> bytes:
-    from rclpy.serialization import serialize_message  # noqa: PLC0415
-
-    return bytes(serialize_message(msg))

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from semanom_ros.core import Monitor, PipelineConfig
-from semanom_ros.io.bags import iter_bag_frames, ros2_typestore
+from semanom_ros.io.bags import iter_bag_frames
 from semanom_ros.io.frame_types import IMAGE_MSGTYPES, SkipStats
+from semanom_ros.io.serialization import canonical_cdr, rclpy_header
 from semanom_ros.io.vision_types import DETECTION2D_ARRAY, detection_array, vision_typestore
 
 from .eval_data import WarningSink
 
-__all__ = ["DEFAULT_NAMESPACE", "STORAGES", "ReplayError", "ReplaySummary", "output_paths", "replay_bag",
-           "ros_msgtype"]
+__all__ = ["DEFAULT_NAMESPACE", "STORAGES", "ReplayError", "ReplaySummary", "output_paths", "replay_bag"]
 
 _log = logging.getLogger("semanom_ros.replay")
 
@@ -60,13 +60,6 @@ class ReplaySummary:
         return self.storage_file
 
 
-def ros_msgtype(msg: Any) -> str:
-    """'std_msgs/msg/Bool' for an rclpy std_msgs.msg.Bool instance (the name rosbag2 records)."""
-    cls = type(msg)
-    package = cls.__module__.split(".")[0]
-    return f"{package}/msg/{cls.__name__}"
-
-
 def output_paths(output: str | Path, storage: str = "mcap") -> tuple[Path, Path]:
     """Return (bag directory, storage file) for ``-o``.
 
@@ -77,26 +70,6 @@ def output_paths(output: str | Path, storage: str = "mcap") -> tuple[Path, Path]
     out = Path(output)
     bag_dir = out.with_suffix("") if out.suffix.lower() in STORAGES.values() else out
     return bag_dir, bag_dir / f"{bag_dir.name}{STORAGES[storage]}"
-
-
-def _rclpy_header(header: Any) -> Any:
-    """Convert a rosbags std_msgs/Header to an rclpy std_msgs.msg.Header (same stamp and frame_id)."""
-    from builtin_interfaces.msg import Time
-    from std_msgs.msg import Header
-
-    stamp = Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
-    return Header(stamp=stamp, frame_id=str(header.frame_id))
-
-
-def _canonical_cdr(raw: bytes, msgtype: str) -> bytes:
-    """The same message with zeroed CDR padding.
-
-    rclpy's serializer leaves alignment padding bytes uninitialised, so two serialisations of one
-    message can differ in those bytes; a round trip through rosbags' serializer zeroes them and
-    makes the output bag byte-for-byte reproducible (the message content is untouched).
-    """
-    typestore = ros2_typestore()
-    return bytes(typestore.serialize_cdr(typestore.deserialize_cdr(raw, msgtype), msgtype))
 
 
 def _storage_paths(bag: Path) -> list[Path]:
@@ -129,7 +102,6 @@ def replay_bag(
 
     ``storage`` is ``mcap`` (zstd chunks unless ``compress`` is False) or ``sqlite3`` (uncompressed).
     """
-    from rclpy.serialization import serialize_message
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
     from tqdm import tqdm
@@ -230,14 +202,13 @@ def replay_bag(
                             f"{topic} message #{index}: decoded frame (stamp {frame.stamp_ns}) and copied message "
                             f"(stamp {stamp or timestamp}) are out of step; please report this bag"
                         )
-                    header = _rclpy_header(input_msg.header)
+                    header = rclpy_header(input_msg.header)
                     result = monitor.process(frame.rgb)
                     overlay_bgr = monitor.overlay(frame.rgb, result) if overlay else None
                     # The detections are built as rosbags messages (vision_msgs may not be importable).
                     messages = build_output_messages(result, frame.rgb, header, overlay_bgr=overlay_bgr,
                                                      detections=False)
-                    records = [(key, ros_msgtype(msg), _canonical_cdr(serialize_message(msg), ros_msgtype(msg)))
-                               for key, msg in messages.items()]
+                    records = [(key, *canonical_cdr(msg)) for key, msg in messages.items()]
                     detections = detection_array(detection_rows(result, frame.rgb.shape[:2]), input_msg.header)
                     records.insert(-2, ("instances", DETECTION2D_ARRAY,
                                         bytes(typestore.serialize_cdr(detections, DETECTION2D_ARRAY))))
