@@ -27,6 +27,7 @@ __all__ = [
     "ParamSpec",
     "MONITOR_PARAMS",
     "SPECS_BY_NAME",
+    "allowed_values",
     "descriptor_for",
     "declare_all",
     "check_choice",
@@ -84,6 +85,19 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("drop_warn_fraction", 0.95, "Diagnostics turn WARN when more than this fraction of the frames "
               "received in the last period were dropped (some dropping is normal: only the newest frame "
               "is processed).", when=RUNTIME, float_range=(0.0, 1.0), config_field=False),
+    ParamSpec("max_input_pixels", 50_000_000, "Largest frame (width x height) decoded; larger messages are "
+              "refused from their header (Image fields, PNG/JPEG header) before anything is decoded.",
+              when=RUNTIME, int_range=(1, 2**31 - 1), config_field=False),
+    ParamSpec("max_output_pixels", 3840 * 2160, "Frames larger than this (default 4K UHD) are shrunk to it "
+              "before scoring, so the published score map and overlay stay bounded (they are then smaller "
+              "than the input; min_component_area_px keeps meaning input pixels); 0 = never shrink.",
+              when=RUNTIME, int_range=(0, 2**31 - 1), config_field=False),
+    ParamSpec("stall_timeout_s", 10.0, "Watchdog: /diagnostics turns ERROR while one frame has been processing "
+              "longer than this (raise it for instance mode on a CPU, where a frame takes ~15 s).",
+              when=RUNTIME, float_range=(0.1, 86400.0), config_field=False),
+    ParamSpec("min_rate_fraction", 0.05, "Watchdog: /diagnostics turns WARN while the processed rate is below "
+              "this fraction of the input rate (over the last 5 s); 0 = off.", when=RUNTIME,
+              float_range=(0.0, 1.0), config_field=False),
     ParamSpec("warmup_frames", 2, "Synthetic 1280x720 frames run through the pipeline at configure, so "
               "the first camera frames are neither slow nor allocating; 0 = no warm-up.",
               int_range=(0, 100), config_field=False),
@@ -94,8 +108,9 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               default=""),
     _pipeline("input_height", "Backbone input height in pixels (multiple of the patch size); 0 = the "
               "bank's.", default=0, int_range=(0, 4096)),
-    _pipeline("max_input_width", "Cap on the resized width in pixels; 0 = the bank's (no cap when it has "
-              "none).", default=0, int_range=(0, 16384)),
+    _pipeline("max_input_width", "Cap on the resized (backbone input) width in pixels; 0 = the bank's, or "
+              "when it has none 4 x the 16:9 width at input_height (1582 px at 224). Frames whose aspect ratio "
+              "does not fit within a factor 2 are refused as bad messages.", default=0, int_range=(0, 16384)),
     _pipeline("device", "auto (CUDA when available), cpu, cuda or cuda:N."),
     _pipeline("dtype", "auto (fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.",
               choices=("auto", "float32", "float16", "bfloat16")),
@@ -263,15 +278,47 @@ def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
     return desc
 
 
-def declare_all(node: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> None:
-    """Declare every spec on ``node`` (values from --ros-args / parameter files override the defaults)."""
+def allowed_values(spec: ParamSpec) -> str:
+    """What a parameter accepts, in words: 'a number in [0.0, 1.0]', 'one of auto, raw', ..."""
+    if spec.choices:
+        return "one of " + ", ".join(spec.choices)
+    if spec.float_range is not None:
+        return f"a number in [{spec.float_range[0]}, {spec.float_range[1]}]"
+    if spec.int_range is not None:
+        return f"an integer in [{spec.int_range[0]}, {spec.int_range[1]}]"
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
+    return kinds[type(spec.default)]
+
+
+def declare_all(node: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> dict[str, str]:
+    """Declare every spec on ``node`` (values from --ros-args / parameter files override the defaults).
+
+    A start-up value the descriptor refuses (out of range, wrong type) does not raise: the parameter
+    is declared with its default and the returned mapping holds ``{name: one-line reason}`` naming
+    the parameter, the given value and what is allowed; the node decides what to do with it.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
     from rclpy.parameter import Parameter
 
-    # An empty list has no ROS type of its own (rclpy infers a byte array): declare it typed and unset.
-    node.declare_parameters("", [
-        (spec.name, Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default, descriptor_for(spec))
-        for spec in specs
-    ])
+    rejected: dict[str, str] = {}
+    for spec in specs:
+        # An empty list has no ROS type of its own (rclpy infers a byte array): declare it typed and unset.
+        value = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
+        descriptor = descriptor_for(spec)
+        try:
+            node.declare_parameter(spec.name, value, descriptor)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            node.declare_parameter(spec.name, value, descriptor, ignore_override=True)
+            rejected[spec.name] = _startup_rejection(node, spec, exc)
+    return rejected
+
+
+def _startup_rejection(node: Any, spec: ParamSpec, exc: Exception) -> str:
+    # rclpy has no public accessor for the start-up overrides; the exception text is the fallback.
+    override = getattr(node, "_parameter_overrides", {}).get(spec.name)
+    given = repr(override.value) if override is not None else f"(rclpy: {exc})"
+    return (f"parameter {spec.name}: start-up value {given} is not allowed; expected {allowed_values(spec)} "
+            f"(default {spec.default!r})")
 
 
 def check_choice(name: str, value: Any) -> str | None:
