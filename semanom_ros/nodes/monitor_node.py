@@ -56,7 +56,7 @@ from semanom_ros.workflows.settings import config_from_bank
 from .params import CONFIGURE, RUNTIME, SPECS_BY_NAME, check_choice, config_values, declare_all
 from .diagnostics import MonitorDiagnostics, MonitorStats
 from .image_input import image_input, sensor_qos
-from .memory import LARGE_FRAME_BYTES, release_memory
+from .memory import LARGE_FRAME_BYTES, bound_heap_growth, release_memory
 from .worker import LatestFrameWorker
 
 __all__ = ["DEFAULT_NODE_NAME", "MonitorNode", "main"]
@@ -98,6 +98,7 @@ class MonitorNode(LifecycleNode):
             after=self._after_frame,
         )
         self._large_frame = False  # the last frame was large: return memory once it is released
+        bound_heap_growth()  # process-wide: large frames' blocks go back to the OS when freed
         self._subscription = None
         self._outputs: dict[str, Any] = {}
         self._input_topic = ""

@@ -88,9 +88,10 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_input_pixels", 50_000_000, "Largest frame (width x height) decoded; larger messages are "
               "refused from their header (Image fields, PNG/JPEG header) before anything is decoded.",
               when=RUNTIME, int_range=(1, 2**31 - 1), config_field=False),
-    ParamSpec("max_output_pixels", 3840 * 2160, "Frames larger than this (default 4K UHD) are shrunk to it "
-              "before scoring, so the published score map and overlay stay bounded (they are then smaller "
-              "than the input; min_component_area_px keeps meaning input pixels); 0 = never shrink.",
+    ParamSpec("max_output_pixels", 1920 * 1080, "Frames larger than this (default 1920x1080) are shrunk to it "
+              "before scoring, so the maps, ~/score_map and ~/overlay stay bounded (then smaller than the "
+              "input; the scores' own resolution is the patch grid; min_component_area_px keeps meaning input "
+              "pixels); 0 = never shrink.",
               when=RUNTIME, int_range=(0, 2**31 - 1), config_field=False),
     ParamSpec("stall_timeout_s", 10.0, "Watchdog: /diagnostics turns ERROR while one frame has been processing "
               "longer than this (raise it for instance mode on a CPU, where a frame takes ~15 s).",
