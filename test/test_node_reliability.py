@@ -33,12 +33,10 @@ from semanom_ros.core.errors import ImageError  # noqa: E402
 from semanom_ros.core.features import FeatureExtractor, default_max_input_width  # noqa: E402
 from semanom_ros.io.images import (  # noqa: E402
     SUPPORTED_ENCODINGS, ImageDecodeError, compressed_image_size, decode_image, downscale_to_pixels, encode_compressed,
-    encode_image,
 )
 from semanom_ros.nodes.diagnostics import MonitorDiagnostics, MonitorStats  # noqa: E402
 from semanom_ros.nodes.worker import LatestFrameWorker  # noqa: E402
-from test_monitor_node import FAILURE, SUCCESS, _build_bank, image_msg, wait_until  # noqa: E402
-from test_monitor_node import Harness as _Harness  # noqa: E402
+from test_monitor_node import FAILURE, SUCCESS, _build_bank, harness_maker, image_msg, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -51,24 +49,15 @@ def ros_context():
         yield context
 
 
+@pytest.fixture
+def harness(ros_context):
+    yield from harness_maker(ros_context)
+
+
 @pytest.fixture(scope="module")
 def tiny_bank(tiny_model, tmp_path_factory) -> Path:
     frames = [textured_frame(seed) for seed in range(6)]
     return _build_bank(tiny_model, frames, tmp_path_factory.mktemp("banks") / "tiny", 56, calibration_window=0)
-
-
-@pytest.fixture
-def harness(ros_context):
-    made: list[_Harness] = []
-
-    def make(params: dict[str, Any], **kw: Any) -> _Harness:
-        h = _Harness(ros_context, params, **kw)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 def subprocess_env() -> dict[str, str]:
@@ -396,8 +385,11 @@ rclpy.shutdown(context=context)
 
 
 def test_memory_returns_after_a_12000x12000_frame(tiny_bank, tmp_path):
-    """Refused by default (max_input_pixels 50 MP); accepted with 200 MP, decoded (432 MB), shrunk to
-    max_output_pixels and scored: either way VmRSS ends within 100 MB of the steady state."""
+    """The resident size (VmRSS) ends within 100 MB of the steady state after a 12000x12000 frame.
+
+    Refused by default (max_input_pixels 50 MP); accepted with 200 MP: decoded (432 MB), shrunk to
+    max_output_pixels and scored.
+    """
     import random
 
     domain = random.SystemRandom().randint(231, 232)
@@ -470,8 +462,10 @@ def _fuzz_compressed(rng: np.random.Generator) -> CompressedImage:
 
 
 def test_fuzzed_messages_end_in_a_result_or_a_clear_error(harness, tiny_bank):
-    """Random encodings, sizes, steps, truncations and byte flips straight into the node's frame path:
-    each case is a result with finite scores or a counted bad message; nothing else."""
+    """Random encodings, sizes, steps, truncations and byte flips straight into the node's frame path.
+
+    Each case is a result with finite scores or a counted bad message; nothing else.
+    """
     h = harness({"bank_path": str(tiny_bank), "max_input_pixels": 5_000_000, "max_output_pixels": 40_000})
     h.activate()
     node = h.node

@@ -216,9 +216,11 @@ class FeatureExtractor:
 
     # -- geometry ---------------------------------------------------------------------------
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """Backbone input (H', W') for a frame: height fixed, aspect kept, patch multiples, the width
-        capped at :attr:`width_cap`. ImageError for a frame whose aspect ratio the input cannot hold
-        within a factor :data:`MAX_ASPECT_DISTORTION` (e.g. 4000x20 or 20x4000)."""
+        """Backbone input (H', W') for a frame: height fixed, aspect kept, patch multiples.
+
+        The width is capped at :attr:`width_cap`. ImageError for a frame whose aspect ratio the input
+        cannot hold within a factor :data:`MAX_ASPECT_DISTORTION` (e.g. 4000x20 or 20x4000).
+        """
         p = self.patch_size
         natural = width * self.input_height / height
         new_w = min(max(p, int(round(natural / p)) * p), self.width_cap)

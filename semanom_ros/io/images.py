@@ -182,8 +182,10 @@ def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) ->
 
 
 def downscale_to_pixels(rgb: np.ndarray, max_pixels: int) -> tuple[np.ndarray, float]:
-    """``rgb`` shrunk (area interpolation, aspect kept) to at most ``max_pixels`` pixels, and the
-    linear scale applied (1.0 and the same array when it is small enough already)."""
+    """Shrink ``rgb`` (area interpolation, aspect kept) to at most ``max_pixels`` pixels.
+
+    Returns the frame and the linear scale applied (1.0 and the same array when it is small enough).
+    """
     height, width = rgb.shape[:2]
     if max_pixels <= 0 or height * width <= max_pixels:
         return rgb, 1.0

@@ -1,10 +1,13 @@
-"""What the monitor node reports on /diagnostics: counters and recent timings written by the callback
-and worker threads (:class:`MonitorStats`), and the DiagnosticStatus made of them
-(:class:`MonitorDiagnostics`: OK / WARN / ERROR with rate, latency, drops, bank size, device, last error).
+"""What the monitor node reports on /diagnostics.
+
+Counters and recent timings written by the callback and worker threads (:class:`MonitorStats`), and
+the DiagnosticStatus made of them (:class:`MonitorDiagnostics`: OK / WARN / ERROR with rate, latency,
+drops, bank size, device, last error).
 
 The watchdog lives here too: ERROR while one frame has been in the worker for longer than
 ``stall_timeout_s`` (a stalled engine: nothing else is answered meanwhile), WARN while the processed
-rate is below ``min_rate_fraction`` of the input rate."""
+rate is below ``min_rate_fraction`` of the input rate.
+"""
 from __future__ import annotations
 
 import threading
@@ -116,8 +119,10 @@ class MonitorStats:
 
 
 class MonitorDiagnostics:
-    """The DiagnosticStatus of a monitor node from its :class:`MonitorStats`; the drop fraction is over
-    the frames received since the previous status."""
+    """The DiagnosticStatus of a monitor node from its :class:`MonitorStats`.
+
+    The drop fraction is over the frames received since the previous status.
+    """
 
     def __init__(self, stats: MonitorStats) -> None:
         self.stats = stats
@@ -137,9 +142,11 @@ class MonitorDiagnostics:
         stall_timeout_s: float = float("inf"),
         min_rate_fraction: float = 0.0,
     ) -> DiagnosticStatus:
-        """The node's DiagnosticStatus now (level, message, key/values); ``state`` is the lifecycle state,
-        ``transition_error`` why the last configure/activate failed ('' after a success), ``busy_since``
-        when the worker took the frame it is working on (None: idle)."""
+        """The node's DiagnosticStatus now (level, message, key/values).
+
+        ``state`` is the lifecycle state, ``transition_error`` why the last configure/activate failed
+        ('' after a success), ``busy_since`` when the worker took the frame it is working on (None: idle).
+        """
         now = time.monotonic()
         s = self.stats
         received, dropped = s.received, s.dropped

@@ -69,8 +69,10 @@ ENGINE_LOCK_TIMEOUT_S = 2.0  # a live parameter change or cleanup waits this lon
 
 @dataclass
 class _Engine:
-    """The configured Monitor and the lock its frames and live parameter changes take turns on (one
-    lock per Monitor: a frame abandoned on an old engine never blocks the next configure)."""
+    """The configured Monitor and the lock its frames and live parameter changes take turns on.
+
+    One lock per Monitor: a frame abandoned on an old engine never blocks the next configure.
+    """
 
     monitor: Monitor
     lock: threading.Lock
@@ -154,7 +156,7 @@ class MonitorNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def build_config(self) -> tuple[PipelineConfig, Path]:
-        """PipelineConfig and bank directory from the parameters (unset ones take the bank's settings)."""
+        """The PipelineConfig and bank directory from the parameters (unset ones take the bank's settings)."""
         bank_path = str(self._param("bank_path")).strip()
         if not bank_path:
             raise ConfigError(
@@ -215,7 +217,8 @@ class MonitorNode(LifecycleNode):
         index = monitor.bank.index_info or {}
         self.get_logger().info(
             f"index {index.get('type')} (depth {index.get('search_depth')}, build-time recall@1 "
-            f"{index.get('recall_at_1')}, {'read from ' + index['loaded_from'] if 'loaded_from' in index else 'built now'})"
+            f"{index.get('recall_at_1')}, "
+            f"{'read from ' + index['loaded_from'] if 'loaded_from' in index else 'built now'})"
         )
         for warning in monitor.bank.warnings:  # e.g. a corrupt index.faiss that was rebuilt
             self.get_logger().warning(warning)
@@ -223,9 +226,12 @@ class MonitorNode(LifecycleNode):
 
     @staticmethod
     def _warm_up(monitor: Monitor, frames: int) -> None:
-        """Run the whole frame path on synthetic 1280x720 frames, so that the first forward pass, the
-        full-resolution maps and the output buffers are allocated at configure and not on the first
-        camera frames (measured: RSS growth over the first real 960x540 frames 36 MB -> 14 MB)."""
+        """Run the whole frame path on synthetic 1280x720 frames.
+
+        So the first forward pass, the full-resolution maps and the output buffers are allocated at
+        configure and not on the first camera frames (measured: RSS growth over the first real
+        960x540 frames 36 MB -> 14 MB).
+        """
         if frames <= 0:
             return
         rng = np.random.default_rng(0)
@@ -274,8 +280,11 @@ class MonitorNode(LifecycleNode):
         self._worker.start()
 
     def _stop_input(self) -> None:
-        """Unsubscribe, then stop the worker: it may finish the frame in hand for a few seconds, after
-        that it is abandoned (its result is never published) so the transition is not held up."""
+        """Unsubscribe, then stop the worker.
+
+        The worker may finish the frame in hand for a few seconds; after that it is abandoned (its
+        result is never published), so the transition is not held up.
+        """
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
@@ -381,8 +390,11 @@ class MonitorNode(LifecycleNode):
 
     @staticmethod
     def _score(monitor: Monitor, rgb: Any, scale: float) -> Any:
-        """``monitor.process(rgb)``; on a frame shrunk by ``scale`` the area filter is scaled with it, so
-        min_component_area_px keeps meaning pixels of the input frame (the caller holds the lock)."""
+        """Score ``rgb`` with ``monitor.process``; the caller holds the engine lock.
+
+        On a frame shrunk by ``scale`` the area filter is scaled with it, so min_component_area_px
+        keeps meaning pixels of the input frame.
+        """
         if scale >= 1.0:
             return monitor.process(rgb)
         area = monitor.config.min_component_area_px

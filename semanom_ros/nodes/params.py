@@ -1,5 +1,6 @@
-"""The nodes' ROS parameters: one table of specs per node, descriptors built from it, PipelineConfig
-values read from it.
+"""The nodes' ROS parameters.
+
+One table of specs per node, descriptors built from it, PipelineConfig values read from it.
 
 Every monitor parameter is either ``runtime`` (validated and applied live by the set-parameters
 callback) or ``configure`` (read at the configure transition; changing it while the node is
@@ -115,13 +116,15 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
     _pipeline("device", "auto (CUDA when available), cpu, cuda or cuda:N."),
     _pipeline("dtype", "auto (fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.",
               choices=("auto", "float32", "float16", "bfloat16")),
-    _pipeline("num_threads", "torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, else all usable cores.", int_range=(0, 1024)),
+    _pipeline("num_threads", "torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, "
+              "else all usable cores.", int_range=(0, 1024)),
     _pipeline("index_type", "Similarity index: auto, flat, flat_fp16, ivf, ivfpq or hnsw.",
               choices=("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw")),
     _pipeline("index_auto_threshold", "auto index: exact search below this many bank vectors, HNSW above.",
               int_range=(0, 2**31 - 1)),
     _pipeline("index_nlist", "IVF lists; 0 = about 4 sqrt(N).", int_range=(0, 1 << 20)),
-    _pipeline("nprobe", "IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build.", int_range=(0, 1 << 16)),
+    _pipeline("nprobe", "IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build.",
+              int_range=(0, 1 << 16)),
     _pipeline("use_gpu_index", "Put the index on the GPU when faiss has GPU support and the device is CUDA."),
     # -- scoring and decision --------------------------------------------------------------------------------
     _pipeline("k", "Nearest bank vectors averaged per patch (must match the bank's calibration).",
@@ -228,9 +231,11 @@ BUILDER_PARAMS: tuple[ParamSpec, ...] = (
     _p("input_height", 0, "Backbone input height in pixels; 0 = the bank's when appending, else 224.",
        int_range=(0, 4096)),
     _p("device", _DEFAULTS.device, "auto (CUDA when available), cpu, cuda or cuda:N."),
-    _p("dtype", _DEFAULTS.dtype, "auto, float32, float16 or bfloat16.", choices=("auto", "float32", "float16", "bfloat16")),
+    _p("dtype", _DEFAULTS.dtype, "auto, float32, float16 or bfloat16.",
+       choices=("auto", "float32", "float16", "bfloat16")),
     _p("batch_size", _DEFAULTS.batch_size, "Offline: frames per forward pass.", int_range=(1, 1024)),
-    _p("num_threads", _DEFAULTS.num_threads, "torch/faiss CPU threads; 0 = the libraries' defaults.", int_range=(0, 1024)),
+    _p("num_threads", _DEFAULTS.num_threads, "torch/faiss CPU threads; 0 = the libraries' defaults.",
+       int_range=(0, 1024)),
     _p("mode", "patch", "Offline: patch bank or instance bank (OWLv2 + SAM 2); live recording makes patch banks.",
        choices=("patch", "instance")),
     _p("alpha", _DEFAULTS.alpha, "Threshold = alpha-quantile of leave-one-out nominal scores, in (0, 1).",
@@ -257,7 +262,7 @@ _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEG
 
 
 def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
-    """ParameterDescriptor with type, description, range and the change rule."""
+    """The ParameterDescriptor of a spec: type, description, range and the change rule."""
     when = ("changeable at run time" if spec.when == RUNTIME
             else "applied at configure; change it only while the node is unconfigured")
     constraints = [when]
@@ -331,5 +336,5 @@ def check_choice(name: str, value: Any) -> str | None:
 
 
 def config_values(get: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> dict[str, Any]:
-    """PipelineConfig keyword values from parameter values; ``get(name)`` returns a parameter's value."""
+    """The PipelineConfig keyword values from parameter values; ``get(name)`` returns a parameter's value."""
     return {spec.name: spec.to_config(get(spec.name)) for spec in specs if spec.config_field}

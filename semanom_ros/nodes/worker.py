@@ -1,6 +1,9 @@
-"""The newest-frame worker both nodes use: the subscription callback offers each message, one
-thread handles them, and a message still waiting when a newer one arrives is replaced (counted as
-dropped by the caller) instead of queuing up behind a slow frame. No rclpy here: threading only."""
+"""The newest-frame worker both nodes use.
+
+The subscription callback offers each message, one thread handles them, and a message still waiting
+when a newer one arrives is replaced (counted as dropped by the caller) instead of queuing up behind
+a slow frame. No rclpy here: threading only.
+"""
 from __future__ import annotations
 
 import threading
@@ -57,8 +60,9 @@ class LatestFrameSlot:
 
 
 class LatestFrameWorker:
-    """A thread that calls ``handle(item)`` on the newest offered item; ``on_error(exc)`` gets what
-    ``handle`` raises, and the thread carries on with the next item.
+    """A thread that calls ``handle(item)`` on the newest offered item.
+
+    ``on_error(exc)`` gets what ``handle`` raises, and the thread carries on with the next item.
 
     :meth:`stop` never waits longer than its timeout: a thread still busy with one item after it is
     abandoned (a daemon thread, so it cannot hold up the process's exit), and :meth:`start` begins a
@@ -94,8 +98,10 @@ class LatestFrameWorker:
         return self._slot.put(item)
 
     def stop(self, timeout: float = 2.0) -> bool:
-        """Close the mailbox and wait up to ``timeout`` seconds for the item in hand; False when the
-        thread is still busy then (it is abandoned: see the class docstring)."""
+        """Close the mailbox and wait up to ``timeout`` seconds for the item in hand.
+
+        False when the thread is still busy then (it is abandoned: see the class docstring).
+        """
         self._slot.close()
         self._cancel.set()
         thread, self._thread = self._thread, None
