@@ -38,6 +38,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from _node_run import start_probe, stop_node, wait_for_node
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -132,11 +134,8 @@ def main() -> int:
     print(f"engine (Monitor.process median, {args.threads} thread(s)): {engine['process_ms']:.1f} ms, "
           f"overlay {engine['overlay_ms']:.1f} ms", flush=True)
 
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Float32
@@ -156,9 +155,7 @@ def main() -> int:
     ]
     node_proc = subprocess.Popen(node_cmd, env=env, cwd=str(REPO))
 
-    context = Context()
-    rclpy.init(context=context, domain_id=domain)
-    bench = Node("semanom_bench", context=context)
+    context, bench = start_probe("semanom_bench", domain)
     clock = bench.get_clock()
     lock = threading.Lock()
     ages_ms: list[float] = []
@@ -195,11 +192,7 @@ def main() -> int:
     for msg in messages:
         msg.header.frame_id = "bench_camera"
     try:
-        deadline = time.monotonic() + 180
-        while not (pub.get_subscription_count() and scores.get_publisher_count()):
-            if node_proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit("monitor_node did not come up (see its log above)")
-            time.sleep(0.1)
+        wait_for_node(pub, scores, node_proc)
         time.sleep(1.0)  # let the node settle after activation
         rss_start = rss_mb(node_proc.pid)
         rss_trace: list[float] = []
@@ -221,14 +214,7 @@ def main() -> int:
         rss_end = rss_mb(node_proc.pid)
         time.sleep(1.0)  # one more diagnostics period
     finally:
-        node_proc.send_signal(2)  # SIGINT: the node's clean Ctrl-C path
-        try:
-            node_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
-        executor.shutdown()
-        bench.destroy_node()
-        rclpy.shutdown(context=context)
+        stop_node(node_proc, executor, bench, context)  # SIGINT: the node's clean Ctrl-C path
 
     with lock:
         ages = np.array(ages_ms)

@@ -1,5 +1,7 @@
-"""monitor_node over real DDS (localhost only, a random domain id): lifecycle, outputs, parameters,
-bad messages, newest-frame-only behaviour, diagnostics, the parameter file and the launch file.
+"""monitor_node over real DDS (localhost only, a random domain id).
+
+Lifecycle, outputs, parameters, bad messages, newest-frame-only behaviour, diagnostics, the parameter
+file and the launch file.
 
 Most tests use a tiny random-init DINOv2 and a bank of synthetic frames; the integration test uses
 the real DINOv2-S/14 on the highway frames in ../shared.
@@ -156,18 +158,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture
-def harness(ros_context):
+def harness_maker(context: Context):
+    """Yield ``make(params, **kw) -> Harness``; every harness made is closed afterwards (fixture body)."""
     made: list[Harness] = []
 
     def make(params: dict[str, Any], **kw: Any) -> Harness:
-        h = Harness(ros_context, params, **kw)
+        h = Harness(context, params, **kw)
         made.append(h)
         return h
 
     yield make
     for h in made:
         h.close()
+
+
+@pytest.fixture
+def harness(ros_context):
+    yield from harness_maker(ros_context)
 
 
 def image_msg(rgb: np.ndarray, sec: int, frame_id: str = "front_camera") -> Image:

@@ -39,6 +39,7 @@ IMPORT_KEYS = {
     "tqdm": "python3-tqdm",
     "sklearn": "python3-sklearn",
     "matplotlib": "python3-matplotlib",
+    "PIL": "python3-pil",
 }
 # Imported, but with no key of their own.
 IMPORTS_WITHOUT_KEY = {

@@ -29,7 +29,9 @@ class PipelineConfig:
     # Height in pixels the frame is resized to before the backbone; the width keeps the aspect
     # ratio and both are rounded to multiples of the patch size.
     input_height: int = 224
-    # Optional cap on the resized width (very wide panoramas would otherwise explode).
+    # Cap on the resized width (very wide panoramas would otherwise explode); None = 4 x the 16:9
+    # width at input_height (features.default_max_input_width: 1582 px at 224). Frames whose aspect
+    # ratio the capped input cannot hold within a factor 2 are refused (ImageError).
     max_input_width: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16

@@ -20,6 +20,18 @@ from .resize import resize_chw
 _SUPPORTED_MODEL_TYPES = supported_model_types()
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# Without a max_input_width, the resized width is capped at this many 16:9 frames side by side at
+# the input height (1582 px = 113 patches at 224), so one odd frame cannot cost 100 normal ones.
+DEFAULT_WIDTH_CAP_ASPECTS = 4
+# A frame is refused (ImageError) when fitting it into the backbone input squeezes or stretches it
+# horizontally by more than this factor: its patches would look nothing like the bank's.
+MAX_ASPECT_DISTORTION = 2.0
+
+
+def default_max_input_width(input_height: int, patch_size: int) -> int:
+    """The width cap used when none is configured: 4 x the 16:9 width at ``input_height``, in patches."""
+    width = DEFAULT_WIDTH_CAP_ASPECTS * input_height * 16 / 9
+    return max(patch_size, int(width) // patch_size * patch_size)
 
 
 @dataclass
@@ -172,6 +184,9 @@ class FeatureExtractor:
             raise ModelError(f"input_height {input_height} is smaller than the model's patch size {self.patch_size}")
         self.input_height = int(input_height) // self.patch_size * self.patch_size
         self.max_input_width = max_input_width
+        # The cap actually applied (the configured one, or the default when none is).
+        self.width_cap = max(self.patch_size, (max_input_width or default_max_input_width(
+            self.input_height, self.patch_size)) // self.patch_size * self.patch_size)
         self.fingerprint = weights_fingerprint(backbone)
         mean, std = _normalisation(source)
         self._mean = np.asarray(mean, np.float32) * 255.0
@@ -201,11 +216,24 @@ class FeatureExtractor:
 
     # -- geometry ---------------------------------------------------------------------------
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """Backbone input (H', W') for a frame: height fixed, aspect kept, patch multiples."""
+        """Backbone input (H', W') for a frame: height fixed, aspect kept, patch multiples.
+
+        The width is capped at :attr:`width_cap`. ImageError for a frame whose aspect ratio the input
+        cannot hold within a factor :data:`MAX_ASPECT_DISTORTION` (e.g. 4000x20 or 20x4000).
+        """
         p = self.patch_size
-        new_w = max(p, int(round(width * self.input_height / height / p)) * p)
-        if self.max_input_width is not None:
-            new_w = min(new_w, max(p, self.max_input_width // p * p))
+        natural = width * self.input_height / height
+        new_w = min(max(p, int(round(natural / p)) * p), self.width_cap)
+        distortion = max(new_w / natural, natural / new_w)
+        if distortion > MAX_ASPECT_DISTORTION:
+            narrowest = p / self.input_height / MAX_ASPECT_DISTORTION
+            widest = self.width_cap / self.input_height * MAX_ASPECT_DISTORTION
+            raise ImageError(
+                f"frame {width}x{height} (aspect ratio {width / height:.3g}) would be "
+                f"{'squeezed' if natural > new_w else 'stretched'} {distortion:.1f}x to fit the backbone input "
+                f"({self.input_height} px high, at most {self.width_cap} px wide); aspect ratios (width/height) "
+                f"from {narrowest:.3g} to {widest:.3g} fit. Crop the frame, or raise max_input_width for wider ones"
+            )
         return self.input_height, new_w
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:

@@ -17,6 +17,8 @@ import numpy as np
 __all__ = [
     "ImageDecodeError",
     "SUPPORTED_ENCODINGS",
+    "compressed_image_size",
+    "downscale_to_pixels",
     "ENCODABLE_ENCODINGS",
     "decode_image",
     "encode_image",
@@ -116,7 +118,84 @@ def _mono16_to_u8(img16: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_image(msg: Any, *, mono16: str = "shift") -> np.ndarray:
+def compressed_image_size(data: Any) -> tuple[int, int] | None:
+    """(width, height) from a compressed image's header, without decoding it; None when unknown.
+
+    PNG and JPEG (what image_transport publishes) are read here; other formats through Pillow's
+    lazy ``Image.open``, which also only reads the header.
+    """
+    buf = _as_bytes_array(data)
+    head = buf[:32].tobytes()
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(buf)
+    try:
+        import io
+        import warnings
+
+        from PIL import Image as PilImage
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the caller judges the size
+            with PilImage.open(io.BytesIO(buf.tobytes())) as image:
+                return int(image.width), int(image.height)
+    except Exception:  # noqa: BLE001 - unknown or corrupt header: OpenCV has the last word
+        return None
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...): C0-CF except DHT, JPG, DAC.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments up to the first start-of-frame; None when there is none."""
+    data = buf[: 1 << 20].tobytes()  # the frame header comes before the image data
+    pos = 2
+    while pos + 9 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # segments without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF:
+            height = int.from_bytes(data[pos + 5:pos + 7], "big")
+            width = int.from_bytes(data[pos + 7:pos + 9], "big")
+            return width, height
+        if marker == 0xDA or length < 2:  # start of scan before any frame header: malformed
+            return None
+        pos += 2 + length
+    return None
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{what} is {width}x{height} = {width * height / 1e6:.1f} MP, more than the {max_pixels / 1e6:.1f} MP "
+            f"allowed (max_input_pixels); it was not decoded. Publish smaller frames or raise max_input_pixels"
+        )
+
+
+def downscale_to_pixels(rgb: np.ndarray, max_pixels: int) -> tuple[np.ndarray, float]:
+    """Shrink ``rgb`` (area interpolation, aspect kept) to at most ``max_pixels`` pixels.
+
+    Returns the frame and the linear scale applied (1.0 and the same array when it is small enough).
+    """
+    height, width = rgb.shape[:2]
+    if max_pixels <= 0 or height * width <= max_pixels:
+        return rgb, 1.0
+    scale = (max_pixels / float(height * width)) ** 0.5
+    new_w, new_h = max(1, int(width * scale)), max(1, int(height * scale))
+    small = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small), new_w / width
+
+
+def decode_image(msg: Any, *, mono16: str = "shift", max_pixels: int | None = None) -> np.ndarray:
     """Decode a sensor_msgs Image or CompressedImage into a C-contiguous RGB uint8 (H, W, 3) array.
 
     Works on rclpy messages and on rosbags typestore messages alike (duck typed).
@@ -124,6 +203,8 @@ def decode_image(msg: Any, *, mono16: str = "shift") -> np.ndarray:
     ``mono16='shift'`` (default: keep the high byte, ``v >> 8``; the same mapping
     for every frame, so brightness is comparable across frames) or
     ``mono16='minmax'`` (stretch each frame's own min..max to 0..255).
+    ``max_pixels`` bounds width * height, checked from the Image fields or the compressed image's
+    header before anything is decoded or allocated.
 
     Raises:
         ImageDecodeError: unsupported encoding, inconsistent size/step/data, or undecodable payload.
@@ -131,11 +212,14 @@ def decode_image(msg: Any, *, mono16: str = "shift") -> np.ndarray:
     if mono16 not in _MONO16_MODES:
         raise ValueError(f"mono16 must be one of {_MONO16_MODES}, got {mono16!r}")
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
-        return _decode_compressed(msg, mono16)
-    return _decode_raw(msg, mono16)
+        rgb = _decode_compressed(msg, mono16, max_pixels)
+        # Formats whose header was not read are checked after decoding (then freed at once).
+        _check_pixels(rgb.shape[1], rgb.shape[0], max_pixels, f"CompressedImage ({msg.format!r})")
+        return rgb
+    return _decode_raw(msg, mono16, max_pixels)
 
 
-def _decode_raw(msg: Any, mono16: str) -> np.ndarray:
+def _decode_raw(msg: Any, mono16: str, max_pixels: int | None = None) -> np.ndarray:
     try:
         height = int(msg.height)
         width = int(msg.width)
@@ -159,6 +243,7 @@ def _decode_raw(msg: Any, mono16: str) -> np.ndarray:
         raise ImageDecodeError(
             f"Image has zero size ({width}x{height}); the publisher must fill width and height"
         )
+    _check_pixels(width, height, max_pixels, f"Image ({encoding})")
     channels, nbytes = layout
     row_bytes = width * channels * nbytes
     if step < row_bytes:
@@ -200,7 +285,7 @@ def _decode_raw(msg: Any, mono16: str) -> np.ndarray:
     return np.ascontiguousarray(cv2.cvtColor(src, _CVT[enc]))
 
 
-def _decode_compressed(msg: Any, mono16: str) -> np.ndarray:
+def _decode_compressed(msg: Any, mono16: str, max_pixels: int | None = None) -> np.ndarray:
     fmt = str(getattr(msg, "format", "") or "")
     buf = _as_bytes_array(msg.data)
     if buf.size == 0:
@@ -209,7 +294,10 @@ def _decode_compressed(msg: Any, mono16: str) -> np.ndarray:
         )
     fmt_l = fmt.lower()
     if "compresseddepth" in fmt_l:
-        return _decode_compressed_depth(buf, fmt, mono16)
+        return _decode_compressed_depth(buf, fmt, mono16, max_pixels)
+    size = compressed_image_size(buf)
+    if size is not None:
+        _check_pixels(*size, max_pixels, f"CompressedImage ({fmt!r})")
     try:
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
@@ -230,7 +318,7 @@ def _decode_compressed(msg: Any, mono16: str) -> np.ndarray:
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-def _decode_compressed_depth(buf: np.ndarray, fmt: str, mono16: str) -> np.ndarray:
+def _decode_compressed_depth(buf: np.ndarray, fmt: str, mono16: str, max_pixels: int | None) -> np.ndarray:
     if "32fc1" in fmt.lower():
         raise ImageDecodeError(
             f"CompressedImage format {fmt!r} (inverse-depth quantised 32FC1) is not supported; "
@@ -240,7 +328,13 @@ def _decode_compressed_depth(buf: np.ndarray, fmt: str, mono16: str) -> np.ndarr
     png_magic = b"\x89PNG"
     if buf[:4].tobytes() != png_magic and buf[12:16].tobytes() == png_magic:
         buf = buf[12:]
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    size = compressed_image_size(buf)
+    if size is not None:
+        _check_pixels(*size, max_pixels, f"CompressedImage ({fmt!r})")
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
     if img is None:
         raise ImageDecodeError(
             f"CompressedImage could not be decoded as {fmt!r} ({buf.size} bytes); "

@@ -77,9 +77,13 @@ class LiveStats:
 class BankBuilderNode(Node):
     """See the module docstring. ``offline`` tells which mode the parameters chose."""
 
+    _ready = False  # True once __init__ completed: destroy_node of a half-built node only destroys
+
     def __init__(self, node_name: str = DEFAULT_NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        declare_all(self, BUILDER_PARAMS)
+        rejected = declare_all(self, BUILDER_PARAMS)
+        if rejected:  # one line (main logs it), not rclpy's traceback
+            raise ConfigError("; ".join(rejected.values()))
         self.declare_parameter(
             "sources", Parameter.Type.STRING_ARRAY,
             ParameterDescriptor(description="Offline: bags (directory, .mcap, .db3) or image folders to build from; "
@@ -101,6 +105,7 @@ class BankBuilderNode(Node):
         self._recording = bool(self._param("start_recording"))
         self._subscription = None
         self._input_topic = ""
+        self._ready = True
         if not self.offline:
             self._start_live()
 
@@ -321,7 +326,8 @@ class BankBuilderNode(Node):
             self.save(calibrate=bool(self.options.calibrate), require_calibration=False)
 
     def destroy_node(self) -> None:
-        self.finish()
+        if self._ready:  # a node whose __init__ failed has nothing to stop or save
+            self.finish()
         super().destroy_node()
 
 

@@ -25,13 +25,14 @@ class DecodeAheadWorker:
     """
 
     def __init__(self, name: str, decode: Callable[[Any], Any], handle: Callable[[Any], Any],
-                 on_error: Callable[[Exception], None], on_drop: Callable[[], None]) -> None:
+                 on_error: Callable[[Exception], None], on_drop: Callable[[], None],
+                 after: Callable[[], None] | None = None) -> None:
         self.name = name
         self._decode = decode
         self._on_error = on_error
         self._on_drop = on_drop
         self._raw = LatestFrameSlot()
-        self._worker = LatestFrameWorker(name, handle, on_error)
+        self._worker = LatestFrameWorker(name, handle, on_error, after=after)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -44,7 +45,7 @@ class DecodeAheadWorker:
         """Hand over a raw item; True when it replaced one the decode thread had not taken (a drop)."""
         return self._raw.put(item)
 
-    def stop(self, timeout: float = 60.0) -> bool:
+    def stop(self, timeout: float = 2.0) -> bool:
         """Stop the decode thread, then the worker (it finishes its frame); False if one outlives ``timeout``."""
         self._raw.close()
         thread, self._thread = self._thread, None
@@ -52,6 +53,16 @@ class DecodeAheadWorker:
             thread.join(timeout=timeout)
         worker_stopped = self._worker.stop(timeout)
         return worker_stopped and not (thread is not None and thread.is_alive())
+
+    @property
+    def busy_since(self) -> float | None:
+        """When the worker took the frame it is processing (time.monotonic()), None when idle."""
+        return self._worker.busy_since
+
+    @staticmethod
+    def cancelled() -> bool:
+        """True in a worker thread that :meth:`stop` abandoned (see LatestFrameWorker.cancelled)."""
+        return LatestFrameWorker.cancelled()
 
     @property
     def running(self) -> bool:
@@ -69,3 +80,6 @@ class DecodeAheadWorker:
                 continue
             if decoded is not None and self._worker.offer(decoded):
                 self._on_drop()  # the worker was busy with an older one: that decoded frame is dropped
+            # Let go of the message and its pixels now, not when the next one arrives: the worker
+            # returns a large frame's memory to the OS once its own reference is gone.
+            del item, decoded

@@ -1,6 +1,13 @@
-"""What the monitor node reports on /diagnostics: counters and recent timings written by the callback
-and worker threads (:class:`MonitorStats`), and the DiagnosticStatus made of them
-(:class:`MonitorDiagnostics`: OK / WARN / ERROR with rate, latency, drops, bank size, device, last error)."""
+"""What the monitor node reports on /diagnostics.
+
+Counters and recent timings written by the callback and worker threads (:class:`MonitorStats`), and
+the DiagnosticStatus made of them (:class:`MonitorDiagnostics`: OK / WARN / ERROR with rate, latency,
+drops, bank size, device, last error).
+
+The watchdog lives here too: ERROR while one frame has been in the worker for longer than
+``stall_timeout_s`` (a stalled engine: nothing else is answered meanwhile), WARN while the processed
+rate is below ``min_rate_fraction`` of the input rate.
+"""
 from __future__ import annotations
 
 import threading
@@ -33,6 +40,7 @@ class MonitorStats:
     last_error: str = ""
     last_error_time: float = 0.0  # time.monotonic()
     last_received_time: float = 0.0
+    received_times: deque = field(default_factory=lambda: deque(maxlen=1000))
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     processing_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     done_times: deque = field(default_factory=lambda: deque(maxlen=1000))
@@ -57,6 +65,21 @@ class MonitorStats:
             return ""
         return ", ".join(f"{k} {np.percentile([r[k] for r in rows], q) * 1e3:.1f}" for k in rows[-1])
 
+    def record_received(self) -> float:
+        """Count one arriving message; returns its arrival time (time.monotonic())."""
+        now = time.monotonic()
+        with self.lock:
+            self.received += 1
+            self.last_received_time = now
+            self.received_times.append(now)
+        return now
+
+    def clear_error(self) -> None:
+        """Forget the last error (after a successful configure: it no longer describes the node)."""
+        with self.lock:
+            self.last_error = ""
+            self.last_error_time = 0.0
+
     def record_error(self, message: str, bad_message: bool) -> None:
         with self.lock:
             if bad_message:
@@ -67,12 +90,22 @@ class MonitorStats:
             self.last_error_time = time.monotonic()
 
     def rate_hz(self, now: float | None = None) -> float:
+        """Frames processed per second over the last few seconds."""
+        return self._rate(self.done_times, now)
+
+    def input_rate_hz(self, now: float | None = None) -> float:
+        """Messages received per second over the last few seconds."""
+        return self._rate(self.received_times, now)
+
+    def _rate(self, times: deque, now: float | None) -> float:
         now = time.monotonic() if now is None else now
         with self.lock:
-            recent = [t for t in self.done_times if now - t <= _RATE_WINDOW_S]
+            recent = [t for t in times if now - t <= _RATE_WINDOW_S]
         if len(recent) < 2 or recent[-1] <= recent[0]:
             return 0.0
-        return (len(recent) - 1) / (recent[-1] - recent[0])
+        # Over the whole window, not first..last event: a rate that stopped reads low at once.
+        span = max(recent[-1] - recent[0], min(_RATE_WINDOW_S, now - recent[0]))
+        return (len(recent) - 1) / span
 
     def latency_ms(self, q: float) -> float:
         with self.lock:
@@ -86,8 +119,10 @@ class MonitorStats:
 
 
 class MonitorDiagnostics:
-    """The DiagnosticStatus of a monitor node from its :class:`MonitorStats`; the drop fraction is over
-    the frames received since the previous status."""
+    """The DiagnosticStatus of a monitor node from its :class:`MonitorStats`.
+
+    The drop fraction is over the frames received since the previous status.
+    """
 
     def __init__(self, stats: MonitorStats) -> None:
         self.stats = stats
@@ -103,9 +138,15 @@ class MonitorDiagnostics:
         device: str,
         drop_warn_fraction: float,
         monitor: Monitor | None,
+        busy_since: float | None = None,
+        stall_timeout_s: float = float("inf"),
+        min_rate_fraction: float = 0.0,
     ) -> DiagnosticStatus:
-        """The node's DiagnosticStatus now (level, message, key/values); ``state`` is the lifecycle state,
-        ``transition_error`` why the last configure/activate failed ('' after a success)."""
+        """The node's DiagnosticStatus now (level, message, key/values).
+
+        ``state`` is the lifecycle state, ``transition_error`` why the last configure/activate failed
+        ('' after a success), ``busy_since`` when the worker took the frame it is working on (None: idle).
+        """
         now = time.monotonic()
         s = self.stats
         received, dropped = s.received, s.dropped
@@ -118,9 +159,21 @@ class MonitorDiagnostics:
         if state == "unconfigured" and transition_error:
             level, message = DiagnosticStatus.ERROR, f"unconfigured: {transition_error}"
         elif state == "active":
-            message = f"active: {s.rate_hz(now):.1f} Hz"
-            if recent_error:
+            rate, input_rate = s.rate_hz(now), s.input_rate_hz(now)
+            busy_s = now - busy_since if busy_since is not None else 0.0
+            message = f"active: {rate:.1f} Hz"
+            if busy_s > stall_timeout_s:
+                level, message = DiagnosticStatus.ERROR, (
+                    f"active: stalled: one frame has been processing for {busy_s:.0f} s (stall_timeout_s "
+                    f"{stall_timeout_s:g}); no other frame is answered meanwhile"
+                )
+            elif recent_error:
                 level, message = DiagnosticStatus.WARN, f"active: {s.last_error}"
+            elif input_rate > 0 and rate < min_rate_fraction * input_rate:
+                level, message = DiagnosticStatus.WARN, (
+                    f"active: processing {rate:.1f} Hz of {input_rate:.1f} Hz received (below "
+                    f"min_rate_fraction {min_rate_fraction:g})"
+                )
             elif new_received > 0 and drop_fraction > drop_warn_fraction:
                 level, message = DiagnosticStatus.WARN, f"active: dropping {100 * drop_fraction:.0f} % of frames"
             elif now - (s.last_received_time or now) > NO_INPUT_WARN_S or not s.received:
@@ -129,6 +182,8 @@ class MonitorDiagnostics:
             "state": state,
             "input_topic": input_topic,
             "rate_hz": f"{s.rate_hz(now):.2f}",
+            "input_rate_hz": f"{s.input_rate_hz(now):.2f}",
+            "busy_s": f"{now - busy_since:.1f}" if busy_since is not None else "0.0",
             "latency_p50_ms": f"{s.latency_ms(50):.1f}",
             "latency_p95_ms": f"{s.latency_ms(95):.1f}",
             "processing_p50_ms": f"{s.processing_ms(50):.1f}",

@@ -1,5 +1,8 @@
-"""The camera input both nodes subscribe to: topic and message class from the ``image`` name and the
-``input_type`` parameter, and the sensor-data QoS with depth 1 and a reliability parameter."""
+"""The camera input both nodes subscribe to.
+
+Topic and message class from the ``image`` name and the ``input_type`` parameter, and the sensor-data
+QoS with depth 1 and a reliability parameter.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -11,8 +14,10 @@ __all__ = ["image_input", "sensor_qos"]
 
 
 def image_input(resolved_topic: str, input_type: str) -> tuple[str, Any]:
-    """(topic, message class) a node subscribes to, from its resolved ``image`` topic and ``input_type``
-    (auto: compressed when the topic ends in /compressed)."""
+    """Topic and message class a node subscribes to, from its resolved ``image`` topic and ``input_type``.
+
+    auto: compressed when the topic ends in /compressed.
+    """
     kind = "compressed" if input_type == "auto" and resolved_topic.endswith("/compressed") else input_type
     if kind == "compressed":
         # image_transport publishes CompressedImage on '<base>/compressed'.
@@ -23,8 +28,11 @@ def image_input(resolved_topic: str, input_type: str) -> tuple[str, Any]:
 
 
 def sensor_qos(reliability: str) -> QoSProfile:
-    """Sensor-data QoS with depth 1 (only the newest frame matters); ``reliability``: 'reliable' or
-    'best_effort' ('reliable' only matches reliable publishers, 'best_effort' matches both)."""
+    """Sensor-data QoS with depth 1 (only the newest frame matters).
+
+    ``reliability``: 'reliable' or 'best_effort' ('reliable' only matches reliable publishers,
+    'best_effort' matches both).
+    """
     return QoSProfile(
         history=qos_profile_sensor_data.history,
         depth=1,

@@ -14,6 +14,13 @@ and parameters in and messages out:
 * The subscription callback only drops the message into a one-slot mailbox; the worker thread
   decodes, runs the engine and publishes. A frame that waits while another is processed is
   replaced by the next one and counted as dropped, so latency never grows with time.
+* Bounded work per frame: a message larger than ``max_input_pixels`` is refused from its header,
+  a frame larger than ``max_output_pixels`` is shrunk before scoring (bounded maps), the backbone
+  input width is capped (``max_input_width``) and frames of extreme aspect ratio are refused. A
+  watchdog on /diagnostics reports a frame that still stalls (``stall_timeout_s``), and
+  deactivate / shutdown never wait more than a few seconds for it: the worker is abandoned.
+* Start-up parameters the descriptors refuse do not crash the node: it logs one line naming the
+  parameter, the value and the allowed range, and refuses to configure until it is set right.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import gc
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +48,7 @@ from std_msgs.msg import Header
 from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import ConfigError, ImageError, SemanomError
 from semanom_ros.core.monitor import Monitor
-from semanom_ros.io.images import ImageDecodeError, decode_image
+from semanom_ros.io.images import ImageDecodeError, decode_image, downscale_to_pixels
 from semanom_ros.io.messages import build_output_messages
 from semanom_ros.workflows.settings import config_from_bank
 
@@ -49,6 +57,7 @@ from .diagnostics import MonitorDiagnostics, MonitorStats
 from .dds_profile import apply_large_image_profile
 from .decode_stage import DecodeAheadWorker
 from .image_input import image_input, sensor_qos
+from .memory import LARGE_FRAME_BYTES, bound_heap_growth, release_memory
 from .publishers import OVERLAY_KEYS, OutputStage
 from .worker import LatestFrameWorker
 
@@ -57,20 +66,40 @@ __all__ = ["DEFAULT_NODE_NAME", "MonitorNode", "main"]
 DEFAULT_NODE_NAME = "semanom_monitor"
 WARMUP_SIZE = (720, 1280)  # (height, width) of the synthetic warm-up frames: a common camera size
 
+WORKER_STOP_TIMEOUT_S = 2.0  # deactivate / shutdown wait this long for the frame in hand, then abandon it
+ENGINE_LOCK_TIMEOUT_S = 2.0  # a live parameter change or cleanup waits this long for the frame in hand
+
+
+@dataclass
+class _Engine:
+    """The configured Monitor and the lock its frames and live parameter changes take turns on.
+
+    One lock per Monitor: a frame abandoned on an old engine never blocks the next configure.
+    """
+
+    monitor: Monitor
+    lock: threading.Lock
+
 
 class MonitorNode(LifecycleNode):
     """Lifecycle node around :class:`semanom_ros.core.monitor.Monitor` (see the module docstring)."""
 
+    _ready = False  # True once __init__ completed: destroy_node of a half-built node only destroys
+
     def __init__(self, node_name: str = DEFAULT_NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        declare_all(self)
+        # Refused start-up values are replaced by defaults and listed here; configure fails until fixed.
+        self._startup_errors = declare_all(self)
+        for reason in self._startup_errors.values():
+            self.get_logger().error(f"{reason}; the node stays unconfigured until it is set to an allowed value")
         # Registered after declaring, so start-up values are checked by configure, not here.
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.stats = MonitorStats()
         self._diagnostics = MonitorDiagnostics(self.stats)
-        self._monitor: Monitor | None = None
-        self._engine_lock = threading.Lock()  # the worker's frame vs. live parameter changes
+        self._engine: _Engine | None = None
+        self._large_frame = False  # the last frame was large: return memory once it is released
+        bound_heap_growth()  # process-wide: large frames' blocks go back to the OS when freed
         self._worker: LatestFrameWorker | DecodeAheadWorker = self._make_worker()
         self._subscription = None
         self._out = OutputStage(self, self._param)  # publishers, alarm + ~/events, clips (nodes/publishers.py)
@@ -80,6 +109,10 @@ class MonitorNode(LifecycleNode):
         self._publish_overlay = bool(self._param("publish_overlay"))
         self._publish_score_map = bool(self._param("publish_score_map"))
         self._drop_warn_fraction = float(self._param("drop_warn_fraction"))
+        self._max_input_pixels = int(self._param("max_input_pixels"))
+        self._max_output_pixels = int(self._param("max_output_pixels"))
+        self._stall_timeout_s = float(self._param("stall_timeout_s"))
+        self._min_rate_fraction = float(self._param("min_rate_fraction"))
         self._sub_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self._transition_error = ""  # why the last configure/activate failed ('' after a success)
@@ -89,6 +122,7 @@ class MonitorNode(LifecycleNode):
         self._diag_period = float(self._param("diagnostics_period_s"))
         self._diag_timer = self.create_timer(self._diag_period, self.publish_diagnostics,
                                              callback_group=self._diag_group)
+        self._ready = True
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _param(self, name: str) -> Any:
@@ -96,6 +130,11 @@ class MonitorNode(LifecycleNode):
             return self.get_parameter(name).value
         except ParameterUninitializedException:  # an empty string array is declared typed but unset
             return SPECS_BY_NAME[name].default
+
+    @property
+    def _monitor(self) -> Monitor | None:
+        engine = self._engine
+        return engine.monitor if engine is not None else None
 
     @property
     def monitor(self) -> Monitor | None:
@@ -117,7 +156,7 @@ class MonitorNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def build_config(self) -> tuple[PipelineConfig, Path]:
-        """PipelineConfig and bank directory from the parameters (unset ones take the bank's settings)."""
+        """The PipelineConfig and bank directory from the parameters (unset ones take the bank's settings)."""
         bank_path = str(self._param("bank_path")).strip()
         if not bank_path:
             raise ConfigError(
@@ -138,6 +177,14 @@ class MonitorNode(LifecycleNode):
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._startup_errors:
+            reason = "; ".join(self._startup_errors.values())
+            # The parameter's own line was logged at start-up: one line per problem, not two.
+            self.stats.record_error(reason, bad_message=False)
+            self._transition_error = f"configure failed: {reason}"
+            self.get_logger().warning(
+                f"configure refused until the start-up parameter(s) above are set: {', '.join(self._startup_errors)}")
+            return TransitionCallbackReturn.FAILURE
         try:
             config, bank_dir = self.build_config()
             self._input_topic, self._input_msg_type = self._resolve_input()
@@ -150,9 +197,9 @@ class MonitorNode(LifecycleNode):
             return self._fail("configure", str(exc))
         except Exception as exc:  # noqa: BLE001 - transformers/torch/faiss raise many types; all mean "cannot load"
             return self._fail("configure", f"{type(exc).__name__}: {exc}")
-        with self._engine_lock:
-            self._monitor = monitor
+        self._engine = _Engine(monitor, threading.Lock())
         self._transition_error = ""
+        self.stats.clear_error()  # an earlier failed configure no longer describes the node
         self._device = str(monitor.extractor.device)
         self._reset_diag_timer()
         self.get_logger().info(
@@ -164,7 +211,8 @@ class MonitorNode(LifecycleNode):
         index = monitor.bank.index_info or {}
         self.get_logger().info(
             f"index {index.get('type')} (depth {index.get('search_depth')}, build-time recall@1 "
-            f"{index.get('recall_at_1')}, {'read from ' + index['loaded_from'] if 'loaded_from' in index else 'built now'})"
+            f"{index.get('recall_at_1')}, "
+            f"{'read from ' + index['loaded_from'] if 'loaded_from' in index else 'built now'})"
         )
         for warning in monitor.bank.warnings:  # e.g. a corrupt index.faiss that was rebuilt
             self.get_logger().warning(warning)
@@ -172,9 +220,12 @@ class MonitorNode(LifecycleNode):
 
     @staticmethod
     def _warm_up(monitor: Monitor, frames: int) -> None:
-        """Run the whole frame path on synthetic 1280x720 frames, so that the first forward pass, the
-        full-resolution maps and the output buffers are allocated at configure and not on the first
-        camera frames (measured: RSS growth over the first real 960x540 frames 36 MB -> 14 MB)."""
+        """Run the whole frame path on synthetic 1280x720 frames.
+
+        So the first forward pass, the full-resolution maps and the output buffers are allocated at
+        configure and not on the first camera frames (measured: RSS growth over the first real
+        960x540 frames 36 MB -> 14 MB).
+        """
         if frames <= 0:
             return
         rng = np.random.default_rng(0)
@@ -223,9 +274,9 @@ class MonitorNode(LifecycleNode):
     def _make_worker(self) -> LatestFrameWorker | DecodeAheadWorker:
         if bool(self._param("decode_ahead")):
             return DecodeAheadWorker("semanom_monitor_worker", self._decode_item, self._process_decoded,
-                                     self._frame_failed, self._count_drop)
+                                     self._frame_failed, self._count_drop, after=self._after_frame)
         return LatestFrameWorker("semanom_monitor_worker", lambda item: self.process_message(*item),
-                                 self._frame_failed)
+                                 self._frame_failed, after=self._after_frame)
 
     def _start_worker(self) -> None:
         self._worker = self._make_worker()  # decode_ahead is read at activation
@@ -236,45 +287,71 @@ class MonitorNode(LifecycleNode):
             self.stats.dropped += 1
 
     def _stop_input(self) -> None:
-        """Unsubscribe, then stop and join the worker (it finishes the frame in hand first)."""
+        """Unsubscribe, then stop the worker.
+
+        The worker may finish the frame in hand for a few seconds; after that it is abandoned (its
+        result is never published), so the transition is not held up.
+        """
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
-        if not self._worker.stop(timeout=60.0):
-            self.get_logger().error("the worker thread did not stop within 60 s (a frame is still being processed)")
+        busy_since = self._worker.busy_since
+        if not self._worker.stop(timeout=WORKER_STOP_TIMEOUT_S):
+            busy = time.monotonic() - busy_since if busy_since is not None else 0.0
+            self.get_logger().error(
+                f"the frame in processing for {busy:.0f} s did not finish within {WORKER_STOP_TIMEOUT_S:g} s; "
+                "its worker thread is abandoned (it ends with the frame, its result is dropped)"
+            )
 
     def _release(self) -> None:
         self._out.release()
-        with self._engine_lock:
-            monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.release()
-            del monitor
-            gc.collect()
-            torch = sys.modules.get("torch")
-            if torch is not None and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        engine, self._engine = self._engine, None
         self._device = "-"
+        if engine is None:
+            return
+        if not engine.lock.acquire(timeout=ENGINE_LOCK_TIMEOUT_S):
+            # An abandoned frame still uses the engine: leave it to the garbage collector once done.
+            self.get_logger().warning("cleanup: a frame still uses the engine; its memory is freed when it ends")
+            return
+        try:
+            engine.monitor.release()
+        finally:
+            engine.lock.release()
+        del engine
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def destroy_node(self) -> None:
-        self._stop_input()
-        self._release()
+        if self._ready:  # a node whose __init__ failed has nothing of its own to stop or free
+            self._stop_input()
+            self._release()
         super().destroy_node()
 
     # -- frames -------------------------------------------------------------------------------------------
     def _on_image(self, msg: Any) -> None:
-        now = time.monotonic()
-        self.stats.received += 1
-        self.stats.last_received_time = now
+        now = self.stats.record_received()
         if self._worker.offer((msg, now)):
             self.stats.dropped += 1
+
+    def _after_frame(self) -> None:
+        """Worker thread, after each message is let go: give a large frame's memory back to the OS."""
+        if self._large_frame:
+            self._large_frame = False
+            release_memory()
 
     def _frame_failed(self, exc: Exception) -> None:
         self.stats.record_error(f"{type(exc).__name__}: {exc}", bad_message=False)
         self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
     def process_message(self, msg: Any, received: float | None = None) -> dict[str, Any] | None:
-        """Decode, score and publish one image message; returns the published messages (None if bad)."""
+        """Decode, score and publish one image message; returns the published messages (None if bad).
+
+        This is what the worker runs for each message the subscription hands over. A bad message
+        (undecodable, too large, extreme aspect ratio, smaller than a patch) is counted and logged,
+        never raised; a frame larger than ``max_output_pixels`` is scored and published shrunk.
+        """
         decoded = self._decode_item((msg, time.monotonic() if received is None else received))
         return None if decoded is None else self._process_decoded(decoded)
 
@@ -282,30 +359,36 @@ class MonitorNode(LifecycleNode):
         """(msg, rgb, received, decode started, decode done), or None for a bad message (counted)."""
         msg, received = item
         started = time.monotonic()
+        self._large_frame = self._large_frame or len(getattr(msg, "data", b"")) > LARGE_FRAME_BYTES
         try:
-            rgb = decode_image(msg)
+            rgb = decode_image(msg, max_pixels=self._max_input_pixels)
         except ImageDecodeError as exc:
             self._bad_message(str(exc))
             return None
+        self._large_frame = self._large_frame or rgb.nbytes > LARGE_FRAME_BYTES
         return msg, rgb, received, started, time.monotonic()
 
     def _process_decoded(self, item: tuple[Any, np.ndarray, float, float, float]) -> dict[str, Any] | None:
         """Score and publish one decoded frame (the worker's half of :meth:`process_message`)."""
         msg, rgb, received, started, decoded_at = item
+        rgb, scale = downscale_to_pixels(rgb, self._max_output_pixels)
         t0 = time.monotonic()
-        with self._engine_lock:
-            monitor = self._monitor
-            if monitor is None:
-                return None
+        engine = self._engine
+        if engine is None:
+            return None
+        with engine.lock:
+            monitor = engine.monitor
             try:
-                result = monitor.process(rgb)
-            except ImageError as exc:  # e.g. smaller than one patch
+                result = self._score(monitor, rgb, scale)
+            except ImageError as exc:  # e.g. smaller than one patch, or an extreme aspect ratio
                 self._bad_message(str(exc))
                 return None
             t1 = time.monotonic()
             keys = self._out.wanted_keys(self._publish_overlay, self._publish_score_map)
             overlay = monitor.overlay(rgb, result) if keys & OVERLAY_KEYS else None
         t2 = time.monotonic()
+        if self._worker.cancelled():  # abandoned by deactivate / shutdown: nobody waits for this frame
+            return None
         messages = self._out.publish(result, rgb, msg, overlay, keys)
         done = time.monotonic()
         engine_ms = result.timings_ms
@@ -316,6 +399,22 @@ class MonitorNode(LifecycleNode):
              "maps": engine_ms.get("maps", 0.0) / 1e3, "overlay": t2 - t1, "publish": done - t2},
         )
         return messages
+
+    @staticmethod
+    def _score(monitor: Monitor, rgb: Any, scale: float) -> Any:
+        """Score ``rgb`` with ``monitor.process``; the caller holds the engine lock.
+
+        On a frame shrunk by ``scale`` the area filter is scaled with it, so min_component_area_px
+        keeps meaning pixels of the input frame.
+        """
+        if scale >= 1.0:
+            return monitor.process(rgb)
+        area = monitor.config.min_component_area_px
+        monitor.config.min_component_area_px = int(round(area * scale * scale))
+        try:
+            return monitor.process(rgb)
+        finally:
+            monitor.config.min_component_area_px = area
 
     def _bad_message(self, reason: str) -> None:
         self.stats.record_error(f"bad message on {self._input_topic}: {reason}", bad_message=True)
@@ -351,6 +450,12 @@ class MonitorNode(LifecycleNode):
             self._publish_score_map = bool(changes["publish_score_map"])
         if "drop_warn_fraction" in changes:
             self._drop_warn_fraction = float(changes["drop_warn_fraction"])
+        self._max_input_pixels = int(changes.get("max_input_pixels", self._max_input_pixels))
+        self._max_output_pixels = int(changes.get("max_output_pixels", self._max_output_pixels))
+        self._stall_timeout_s = float(changes.get("stall_timeout_s", self._stall_timeout_s))
+        self._min_rate_fraction = float(changes.get("min_rate_fraction", self._min_rate_fraction))
+        for name in changes:  # a start-up value that was refused is now replaced by an accepted one
+            self._startup_errors.pop(name, None)
         return SetParametersResult(successful=True)
 
     @staticmethod
@@ -366,10 +471,16 @@ class MonitorNode(LifecycleNode):
 
     def _apply_runtime(self, changes: dict[str, Any]) -> None:
         """Apply live changes to the monitor; raises (and changes nothing) when one is refused."""
-        with self._engine_lock:
-            monitor = self._monitor
-            if monitor is None:
-                return
+        engine = self._engine
+        if engine is None:
+            return
+        if not engine.lock.acquire(timeout=ENGINE_LOCK_TIMEOUT_S):
+            raise SemanomError(
+                f"a frame has held the engine for more than {ENGINE_LOCK_TIMEOUT_S:g} s (see /diagnostics); "
+                "try again when it is done"
+            )
+        try:
+            monitor = engine.monitor
             threshold = changes.get("threshold", self._param("threshold"))
             alpha = changes.get("alpha", self._param("alpha"))
             if "threshold" in changes or "alpha" in changes:
@@ -388,6 +499,8 @@ class MonitorNode(LifecycleNode):
                 monitor.set_prompts(list(nominal or []), list(anomaly or []))  # re-embeds; raises on bad prompts
             if "prompt_fusion_weight" in changes:
                 monitor.set_prompt_fusion_weight(float(changes["prompt_fusion_weight"]))
+        finally:
+            engine.lock.release()
         if "threshold" in changes or "alpha" in changes:
             self.get_logger().info(f"threshold is now {monitor.threshold:.4f}")
 
@@ -405,6 +518,8 @@ class MonitorNode(LifecycleNode):
             name=f"semanom: {self.get_fully_qualified_name()}", state=self.lifecycle_state,
             transition_error=self._transition_error, input_topic=self._input_topic, device=self._device,
             drop_warn_fraction=self._drop_warn_fraction, monitor=self._monitor,
+            busy_since=self._worker.busy_since, stall_timeout_s=self._stall_timeout_s,
+            min_rate_fraction=self._min_rate_fraction,
         )
 
     def publish_diagnostics(self) -> None:

@@ -22,7 +22,7 @@ OUTPUT_PARAM_FIELDS: tuple[dict[str, Any], ...] = (
     dict(name="output_depth", default=5, int_range=(1, 100),
          description="QoS history depth (keep last) of every output topic: frames a slow reliable "
          "subscriber may lag behind before one is replaced (depth 1 lost ~17 % of 1.5 MB overlays at 30 Hz)."),
-    dict(name="max_output_pixels", default=0, int_range=(0, 2**31 - 1), when="runtime",
+    dict(name="max_published_pixels", default=0, int_range=(0, 2**31 - 1), when="runtime",
          description="Output images (score map, heat map, overlay, labels) shrunk, aspect kept, to at most this "
          "many pixels (e.g. 307200 = 640x480) to bound the bandwidth; 0 = the input's resolution. Detections "
          "stay in input pixels."),

@@ -1,5 +1,6 @@
-"""The nodes' ROS parameters: one table of specs per node, descriptors built from it, PipelineConfig
-values read from it.
+"""The nodes' ROS parameters.
+
+One table of specs per node, descriptors built from it, PipelineConfig values read from it.
 
 Every monitor parameter is either ``runtime`` (validated and applied live by the set-parameters
 callback) or ``configure`` (read at the configure transition; changing it while the node is
@@ -29,6 +30,7 @@ __all__ = [
     "ParamSpec",
     "MONITOR_PARAMS",
     "SPECS_BY_NAME",
+    "allowed_values",
     "descriptor_for",
     "declare_all",
     "check_choice",
@@ -86,6 +88,20 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("drop_warn_fraction", 0.95, "Diagnostics turn WARN when more than this fraction of the frames "
               "received in the last period were dropped (some dropping is normal: only the newest frame "
               "is processed).", when=RUNTIME, float_range=(0.0, 1.0), config_field=False),
+    ParamSpec("max_input_pixels", 50_000_000, "Largest frame (width x height) decoded; larger messages are "
+              "refused from their header (Image fields, PNG/JPEG header) before anything is decoded.",
+              when=RUNTIME, int_range=(1, 2**31 - 1), config_field=False),
+    ParamSpec("max_output_pixels", 1920 * 1080, "Frames larger than this (default 1920x1080) are shrunk to it "
+              "before scoring, so the maps, ~/score_map and ~/overlay stay bounded (then smaller than the "
+              "input; the scores' own resolution is the patch grid; min_component_area_px keeps meaning input "
+              "pixels); 0 = never shrink.",
+              when=RUNTIME, int_range=(0, 2**31 - 1), config_field=False),
+    ParamSpec("stall_timeout_s", 10.0, "Watchdog: /diagnostics turns ERROR while one frame has been processing "
+              "longer than this (raise it for instance mode on a CPU, where a frame takes ~15 s).",
+              when=RUNTIME, float_range=(0.1, 86400.0), config_field=False),
+    ParamSpec("min_rate_fraction", 0.05, "Watchdog: /diagnostics turns WARN while the processed rate is below "
+              "this fraction of the input rate (over the last 5 s); 0 = off.", when=RUNTIME,
+              float_range=(0.0, 1.0), config_field=False),
     ParamSpec("warmup_frames", 2, "Synthetic 1280x720 frames run through the pipeline at configure, so "
               "the first camera frames are neither slow nor allocating; 0 = no warm-up.",
               int_range=(0, 100), config_field=False),
@@ -98,19 +114,29 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               default=""),
     _pipeline("input_height", "Backbone input height in pixels (multiple of the patch size); 0 = the "
               "bank's.", default=0, int_range=(0, 4096)),
-    _pipeline("max_input_width", "Cap on the resized width in pixels; 0 = the bank's (no cap when it has "
-              "none).", default=0, int_range=(0, 16384)),
+    _pipeline("max_input_width", "Cap on the resized (backbone input) width in pixels; 0 = the bank's, or "
+              "when it has none 4 x the 16:9 width at input_height (1582 px at 224). Frames whose aspect ratio "
+              "does not fit within a factor 2 are refused as bad messages.", default=0, int_range=(0, 16384)),
     _pipeline("device", "auto (CUDA when available), cpu, cuda or cuda:N."),
     _pipeline("dtype", "auto (fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.",
               choices=("auto", "float32", "float16", "bfloat16")),
-    _pipeline("num_threads", "torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, else all usable cores.", int_range=(0, 1024)),
+    _pipeline("num_threads", "torch and faiss CPU threads (one count for both); 0 = OMP_NUM_THREADS if set, "
+              "else all usable cores.", int_range=(0, 1024)),
     _pipeline("index_type", "Similarity index: auto, flat, flat_fp16, ivf, ivfpq or hnsw.",
               choices=("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw")),
     _pipeline("index_auto_threshold", "auto index: exact search below this many bank vectors, HNSW above.",
               int_range=(0, 2**31 - 1)),
     _pipeline("index_nlist", "IVF lists; 0 = about 4 sqrt(N).", int_range=(0, 1 << 20)),
-    _pipeline("nprobe", "IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build.", int_range=(0, 1 << 16)),
+    _pipeline("nprobe", "IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build.",
+              int_range=(0, 1 << 16)),
     _pipeline("use_gpu_index", "Put the index on the GPU when faiss has GPU support and the device is CUDA."),
+    _pipeline("search_backend", "auto (exact torch search with the bank on the GPU when the pipeline runs on CUDA "
+              "and the bank fits search_memory_fraction of the free GPU memory, else faiss on the host), torch "
+              "or faiss.", choices=("auto", "torch", "faiss")),
+    _pipeline("search_dtype", "Storage of the bank for the torch search: auto (fp16 on CUDA, fp32 on CPU), "
+              "float16, bfloat16 or float32.", choices=("auto", "float32", "float16", "bfloat16")),
+    _pipeline("search_memory_fraction", "Share of the GPU's free memory the torch search may hold (bank + "
+              "workspace); a larger bank falls back to faiss on the host.", float_range=(0.01, 1.0)),
     # -- scoring and decision --------------------------------------------------------------------------------
     _pipeline("k", "Nearest bank vectors averaged per patch (must match the bank's calibration).",
               int_range=(1, 1024)),
@@ -216,9 +242,11 @@ BUILDER_PARAMS: tuple[ParamSpec, ...] = (
     _p("input_height", 0, "Backbone input height in pixels; 0 = the bank's when appending, else 224.",
        int_range=(0, 4096)),
     _p("device", _DEFAULTS.device, "auto (CUDA when available), cpu, cuda or cuda:N."),
-    _p("dtype", _DEFAULTS.dtype, "auto, float32, float16 or bfloat16.", choices=("auto", "float32", "float16", "bfloat16")),
+    _p("dtype", _DEFAULTS.dtype, "auto, float32, float16 or bfloat16.",
+       choices=("auto", "float32", "float16", "bfloat16")),
     _p("batch_size", _DEFAULTS.batch_size, "Offline: frames per forward pass.", int_range=(1, 1024)),
-    _p("num_threads", _DEFAULTS.num_threads, "torch/faiss CPU threads; 0 = the libraries' defaults.", int_range=(0, 1024)),
+    _p("num_threads", _DEFAULTS.num_threads, "torch/faiss CPU threads; 0 = the libraries' defaults.",
+       int_range=(0, 1024)),
     _p("mode", "patch", "Offline: patch bank or instance bank (OWLv2 + SAM 2); live recording makes patch banks.",
        choices=("patch", "instance")),
     _p("alpha", _DEFAULTS.alpha, "Threshold = alpha-quantile of leave-one-out nominal scores, in (0, 1).",
@@ -245,7 +273,7 @@ _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEG
 
 
 def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
-    """ParameterDescriptor with type, description, range and the change rule."""
+    """The ParameterDescriptor of a spec: type, description, range and the change rule."""
     when = ("changeable at run time" if spec.when == RUNTIME
             else "applied at configure; change it only while the node is unconfigured")
     constraints = [when]
@@ -267,15 +295,47 @@ def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
     return desc
 
 
-def declare_all(node: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> None:
-    """Declare every spec on ``node`` (values from --ros-args / parameter files override the defaults)."""
+def allowed_values(spec: ParamSpec) -> str:
+    """What a parameter accepts, in words: 'a number in [0.0, 1.0]', 'one of auto, raw', ..."""
+    if spec.choices:
+        return "one of " + ", ".join(spec.choices)
+    if spec.float_range is not None:
+        return f"a number in [{spec.float_range[0]}, {spec.float_range[1]}]"
+    if spec.int_range is not None:
+        return f"an integer in [{spec.int_range[0]}, {spec.int_range[1]}]"
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
+    return kinds[type(spec.default)]
+
+
+def declare_all(node: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> dict[str, str]:
+    """Declare every spec on ``node`` (values from --ros-args / parameter files override the defaults).
+
+    A start-up value the descriptor refuses (out of range, wrong type) does not raise: the parameter
+    is declared with its default and the returned mapping holds ``{name: one-line reason}`` naming
+    the parameter, the given value and what is allowed; the node decides what to do with it.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
     from rclpy.parameter import Parameter
 
-    # An empty list has no ROS type of its own (rclpy infers a byte array): declare it typed and unset.
-    node.declare_parameters("", [
-        (spec.name, Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default, descriptor_for(spec))
-        for spec in specs
-    ])
+    rejected: dict[str, str] = {}
+    for spec in specs:
+        # An empty list has no ROS type of its own (rclpy infers a byte array): declare it typed and unset.
+        value = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
+        descriptor = descriptor_for(spec)
+        try:
+            node.declare_parameter(spec.name, value, descriptor)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            node.declare_parameter(spec.name, value, descriptor, ignore_override=True)
+            rejected[spec.name] = _startup_rejection(node, spec, exc)
+    return rejected
+
+
+def _startup_rejection(node: Any, spec: ParamSpec, exc: Exception) -> str:
+    # rclpy has no public accessor for the start-up overrides; the exception text is the fallback.
+    override = getattr(node, "_parameter_overrides", {}).get(spec.name)
+    given = repr(override.value) if override is not None else f"(rclpy: {exc})"
+    return (f"parameter {spec.name}: start-up value {given} is not allowed; expected {allowed_values(spec)} "
+            f"(default {spec.default!r})")
 
 
 def check_choice(name: str, value: Any) -> str | None:
@@ -287,5 +347,5 @@ def check_choice(name: str, value: Any) -> str | None:
 
 
 def config_values(get: Any, specs: Iterable[ParamSpec] = MONITOR_PARAMS) -> dict[str, Any]:
-    """PipelineConfig keyword values from parameter values; ``get(name)`` returns a parameter's value."""
+    """The PipelineConfig keyword values from parameter values; ``get(name)`` returns a parameter's value."""
     return {spec.name: spec.to_config(get(spec.name)) for spec in specs if spec.config_field}

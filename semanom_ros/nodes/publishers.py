@@ -161,7 +161,7 @@ class OutputStage:
         header = input_msg.header
         messages = build_output_messages(
             result, rgb, header, overlay_bgr=overlay_bgr, keys=keys,
-            max_output_pixels=int(self._param("max_output_pixels")), jpeg_quality=int(self._param("jpeg_quality")),
+            max_output_pixels=int(self._param("max_published_pixels")), jpeg_quality=int(self._param("jpeg_quality")),
         )
         for key, msg in messages.items():
             pub = self._publishers.get(key)
@@ -203,7 +203,7 @@ class OutputStage:
             return []
         outputs = {
             "qos": f"{self._param('output_reliability')}, depth {self._param('output_depth')}",
-            "max_output_pixels": str(self._param("max_output_pixels")),
+            "max_published_pixels": str(self._param("max_published_pixels")),
         }
         for key, pub in self._publishers.items():
             outputs[f"{key} subscribers"] = str(pub.get_subscription_count())

@@ -135,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sink = stderr_warning_sink()
     overrides = pipeline_overrides(args)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():  # found now, not after the whole evaluation ran
+        print(f"semanom-eval: error: -o {output}: exists and is not a folder; pass a folder for report.json, "
+              "report.md and the PNGs", file=sys.stderr)
+        return 2
     try:
         options = EvalOptions(
             pixel_stride=args.pixel_stride,
@@ -155,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "cannot load model" in str(exc):
             hint = " (pass --model with a local model folder, e.g. ../shared/models/dinov2-small)"
         print(f"semanom-eval: error: {exc}{hint}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the output folder cannot be created or written
+        print(f"semanom-eval: error: {exc}", file=sys.stderr)
         return 2
     img = report["image"]["overall"]
     px = (report["pixel"] or {}).get("overall") or {}
