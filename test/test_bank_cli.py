@@ -1,6 +1,7 @@
-"""semanom-bank (semanom_ros.tools.bank_cli): the subcommands, one-line errors with exit codes, and
-interrupted builds - SIGINT / SIGTERM / SIGKILL while embedding and while saving - that must leave
-the previous bank exactly as it was.
+"""semanom-bank (semanom_ros.tools.bank_cli): subcommands, one-line errors, interrupted builds.
+
+Errors come with exit codes; interrupted builds - SIGINT / SIGTERM / SIGKILL while embedding and
+while saving - must leave the previous bank exactly as it was.
 
 The kill tests run ``bank_cli.main`` in a subprocess through a small wrapper that slows one phase
 down and prints a marker when it is reached (test code only: the package has no test hooks):

@@ -1,4 +1,4 @@
-"""bank_builder_node: record a nominal bank from a live camera, or build one from bags, as a ROS node.
+r"""bank_builder_node: record a nominal bank from a live camera, or build one from bags, as a ROS node.
 
 Live recording (``sources`` empty, the default)::
 
@@ -101,7 +101,9 @@ class BankBuilderNode(Node):
         self.summary: BuildSummary | None = None
         self._builder: Any = None
         self._lock = threading.Lock()  # the bank: worker adds vs. save
-        self._worker = LatestFrameWorker("bank_builder_worker", lambda item: self.record_message(*item), self._frame_failed)
+        self._worker = LatestFrameWorker(
+            "bank_builder_worker", lambda item: self.record_message(*item), self._frame_failed
+        )
         self._recording = bool(self._param("start_recording"))
         self._subscription = None
         self._input_topic = ""
@@ -151,7 +153,9 @@ class BankBuilderNode(Node):
         t0 = time.perf_counter()
         self._builder = PatchBankBuilder(self.config, bank=bank)  # BankMismatchError for another model
         self._extractor = self._builder.extractor
-        self._selector = LiveFrameSelector(self.options.stride, float(self.options.min_interval_s), self.options.max_frames)
+        self._selector = LiveFrameSelector(
+            self.options.stride, float(self.options.min_interval_s), self.options.max_frames
+        )
         self._dedup = NearDuplicateFilter(self.options.dedup_similarity)
         self._input_topic, msg_type = self._resolve_input()
         started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
