@@ -40,7 +40,8 @@ class PipelineConfig:
     num_threads: int = 0
 
     # Similarity index over the bank (see semanom_ros.core.search): auto = exact flat search below
-    # index_auto_threshold vectors, HNSW (fp16 codes) above; or force
+    # index_auto_threshold vectors; above, IVF and HNSW are built, tuned and timed, the fastest
+    # reaching recall@1 0.97 kept; or force
     # flat | flat_fp16 | ivf | ivfpq | hnsw.
     index_type: str = "auto"
     index_auto_threshold: int = 50_000

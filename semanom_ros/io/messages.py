@@ -29,7 +29,8 @@ Every image and the detections carry the input frame's header (stamp and frame_i
 message_filters and bag tools can match them with the camera. std_msgs/Bool and Float32 carry no
 header (the standard definitions have none; std_msgs has no stamped scalar); they stay for simple
 consumers, and the Detection2DArray is the stamped form of the same result. ``max_output_pixels``
-shrinks the images (not the detections, which stay in input pixels) to bound the bandwidth.
+(the node's ``max_published_pixels``) shrinks the images (not the detections, which stay in the
+scored frame's pixels) to bound the bandwidth.
 """
 from __future__ import annotations
 

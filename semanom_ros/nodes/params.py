@@ -124,7 +124,8 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               "else all usable cores.", int_range=(0, 1024)),
     _pipeline("index_type", "Similarity index: auto, flat, flat_fp16, ivf, ivfpq or hnsw.",
               choices=("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw")),
-    _pipeline("index_auto_threshold", "auto index: exact search below this many bank vectors, HNSW above.",
+    _pipeline("index_auto_threshold", "auto index: exact search below this many bank vectors; above, IVF and "
+              "HNSW are built, tuned and timed, and the fastest reaching recall@1 0.97 is kept.",
               int_range=(0, 2**31 - 1)),
     _pipeline("index_nlist", "IVF lists; 0 = about 4 sqrt(N).", int_range=(0, 1 << 20)),
     _pipeline("nprobe", "IVF lists (HNSW: efSearch) searched per query; 0 = the depth the bank tuned at build.",

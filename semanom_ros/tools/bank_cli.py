@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patch bank (default) or instance bank (OWLv2 + SAM 2)")
     x = b.add_argument_group("similarity index (kept in the bank; a monitor left at its defaults uses it as built)")
     x.add_argument("--index-type", dest="index_type", choices=("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw"),
-                   help="auto (default): exact below 5e4 vectors, HNSW (fp16 codes) above")
+                   help="auto (default): exact below 5e4 vectors; above, IVF and HNSW tuned and timed, the "
+                   "fastest reaching recall@1 0.97 kept")
     x.add_argument("--nprobe", type=int,
                    help="IVF nprobe / HNSW efSearch (default 0: tuned at build on held-out frames)")
     s = b.add_argument_group("frame selection")
