@@ -16,7 +16,6 @@ Output folder: ``report.json`` (keys documented in the README), ``report.md``, `
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from semanom_ros.workflows.evaluation import run_evaluation
 from semanom_ros.workflows.report import DEFAULT_ALPHAS, DEFAULT_MIN_AREAS, DEFAULT_PIXEL_STRIDE, EvalOptions
 from semanom_ros.workflows.settings import config_from_bank
 
-from .pipeline_args import add_pipeline_overrides, pipeline_overrides, stderr_warning_sink
+from .pipeline_args import add_pipeline_overrides, parse_command_line
 
 __all__ = ["build_parser", "dataset_from_args", "main"]
 
@@ -131,10 +130,7 @@ def dataset_from_args(args: argparse.Namespace, sink: WarningSink) -> FolderData
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sink = stderr_warning_sink()
-    overrides = pipeline_overrides(args)
+    args, sink, overrides = parse_command_line(build_parser(), argv)
     output = Path(args.output)
     if output.exists() and not output.is_dir():  # found now, not after the whole evaluation ran
         print(f"semanom-eval: error: -o {output}: exists and is not a folder; pass a folder for report.json, "

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from semanom_ros.workflows.eval_data import WarningSink
 
@@ -41,6 +42,15 @@ def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, WarningSink, dict[str, Any]]:
+    """Parse ``argv``, set up logging; (arguments, warning sink, pipeline overrides) for the command."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args, stderr_warning_sink(), pipeline_overrides(args)
+
+
 def stderr_warning_sink() -> WarningSink:
     """Warnings printed above the progress bar (tqdm.write), prefixed WARNING."""
 
@@ -52,4 +62,4 @@ def stderr_warning_sink() -> WarningSink:
     return WarningSink(emit)
 
 
-__all__ = ["add_pipeline_overrides", "pipeline_overrides", "stderr_warning_sink"]
+__all__ = ["add_pipeline_overrides", "parse_command_line", "pipeline_overrides", "stderr_warning_sink"]

@@ -23,7 +23,6 @@ Live alternative: ``ros2 bag play BAG`` in one terminal and
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -31,7 +30,7 @@ from semanom_ros.core.errors import SemanomError
 from semanom_ros.workflows.replay import DEFAULT_NAMESPACE, STORAGES, ReplayError, replay_bag
 from semanom_ros.workflows.settings import config_from_bank
 
-from .pipeline_args import add_pipeline_overrides, pipeline_overrides, stderr_warning_sink
+from .pipeline_args import add_pipeline_overrides, parse_command_line
 
 __all__ = ["build_parser", "main"]
 
@@ -64,10 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sink = stderr_warning_sink()
-    overrides = pipeline_overrides(args)
+    args, sink, overrides = parse_command_line(build_parser(), argv)
     try:
         cfg = config_from_bank(args.bank, overrides)
         summary = replay_bag(
