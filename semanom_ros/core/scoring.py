@@ -267,27 +267,23 @@ def drive_scores(
 
 
 def calibrate_on_drive(
-    bank: NominalBank,
-    image_scores: np.ndarray,
-    patch_scores: np.ndarray,
-    *,
-    alpha: float,
-    level: str,
-    k: int,
-    smoothing_sigma: float,
+    bank: NominalBank, image_scores: np.ndarray, patch_scores: np.ndarray, config: PipelineConfig,
     drive: dict[str, Any],
 ) -> dict[str, Any]:
     """Set ``bank.calibration`` from the :func:`drive_scores` of a separate nominal drive.
 
-    The threshold is the alpha-quantile of those scores at ``level``; ``drive`` (its path, frame
-    count) is recorded as the calibration's provenance.
+    The threshold is the alpha-quantile of those scores at ``config``'s calibration level (its
+    alpha, k and smoothing are recorded); ``drive`` (its path, frame count) is recorded as the
+    calibration's provenance.
     """
-    check_calibration_args(alpha, level)
+    c = config
+    check_calibration_args(c.alpha, c.calibration_level)
     if len(image_scores) < 1:
         raise ConfigError(f"calibration drive {drive.get('path')}: no frame could be scored")
     calibration = calibration_from_scores(
-        image_scores, patch_scores, alpha=alpha, level=level, k=k, smoothing_sigma=smoothing_sigma,
-        method=f"{level} scores of a separate nominal drive against the whole bank, alpha-quantile",
+        image_scores, patch_scores, alpha=c.alpha, level=c.calibration_level, k=c.k,
+        smoothing_sigma=c.score_smoothing_sigma,
+        method=f"{c.calibration_level} scores of a separate nominal drive against the whole bank, alpha-quantile",
     )
     calibration.update(holdout="drive", sources=source_count(bank), drive=dict(drive))
     bank.calibration = calibration

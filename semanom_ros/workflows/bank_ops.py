@@ -48,6 +48,7 @@ __all__ = [
     "progress_enabled",
     "recalibrate",
     "remove_stale_temp_dirs",
+    "save_in_place_or_to",
     "upgrade_bank",
 ]
 
@@ -221,12 +222,17 @@ def recalibrate(
         cal["queries"] = (
             "the coreset's own vectors (biased high; calibrate before subsampling for an unbiased threshold)"
         )
+    save_in_place_or_to(bank, path, output)
+    return bank, cal
+
+
+def save_in_place_or_to(bank: NominalBank, path: str | Path, output: str | Path | None) -> None:
+    """Save ``bank`` (loaded from ``path``) atomically back to ``path``, or to a new bank at ``output``."""
     target = Path(output if output is not None else path).expanduser().absolute()
     if output is not None:
         check_output(target, append=False)
     remove_stale_temp_dirs(target)
     bank.save(target)
-    return bank, cal
 
 
 def calibrate_on(
@@ -294,17 +300,10 @@ def calibrate_on(
     drive_info = {"path": plan.path, "frames": used, "kind": plan.kind}
     if plan.topic:
         drive_info["topic"] = plan.topic
-    cal = calibrate_on_drive(
-        bank, image_scores, patch_scores, alpha=config.alpha, level=config.calibration_level, k=config.k,
-        smoothing_sigma=config.score_smoothing_sigma, drive=drive_info,
-    )
+    cal = calibrate_on_drive(bank, image_scores, patch_scores, config, drive_info)
     for name in ("alpha", "k", "calibration_level", "score_smoothing_sigma"):
         bank.config[name] = getattr(config, name)
-    target = Path(output if output is not None else path).expanduser().absolute()
-    if output is not None:
-        check_output(target, append=False)
-    remove_stale_temp_dirs(target)
-    bank.save(target)
+    save_in_place_or_to(bank, path, output)
     return bank, cal
 
 
@@ -395,11 +394,7 @@ def upgrade_bank(path: str | Path, output: str | Path | None = None) -> tuple[No
     bank = NominalBank.load(path, verify=True)
     if INDEX_FILE in (manifest.get("files") or {}) and bank.search_index.saved_file is None:
         bank.search_index.ensure()  # the saved index file was damaged or missing: save a fresh one
-    target = Path(output if output is not None else path).expanduser().absolute()
-    if output is not None:
-        check_output(target, append=False)
-    remove_stale_temp_dirs(target)
-    bank.save(target)
+    save_in_place_or_to(bank, path, output)
     return bank, manifest["format_version"]
 
 
