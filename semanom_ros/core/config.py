@@ -70,6 +70,10 @@ class PipelineConfig:
     # Frames on each side of a nominal frame (same source, message ordinal) left out of its
     # leave-one-out search: consecutive video frames are near duplicates.
     calibration_window: int = 12
+    # What a nominal frame's leave-one-out search leaves out: "window" (its calibration_window
+    # neighbours: how a drive resembles itself), "source" (every frame of its own bag / folder: how
+    # a new drive looks; needs >= 2 sources), "auto" = source when the bank has >= 2 sources.
+    calibration_holdout: str = "auto"
     # At most this many bank frames are scored during calibration (evenly spaced).
     calibration_max_frames: int = 300
     # Use this threshold instead of the bank's calibrated one (None = the bank's).
@@ -173,6 +177,10 @@ class PipelineConfig:
         if self.calibration_level not in ("patch", "image"):
             raise ConfigError(f"calibration_level: {self.calibration_level!r} is not one of patch, image")
         _check_int(self, "calibration_window", 0, 100000)
+        if self.calibration_holdout not in ("auto", "source", "window"):
+            raise ConfigError(
+                f"calibration_holdout: {self.calibration_holdout!r} is not one of auto, source, window"
+            )
         _check_int(self, "calibration_max_frames", 1, 10**7)
         if self.threshold is not None:
             _check_float(self, "threshold", 0.0, 2.0)

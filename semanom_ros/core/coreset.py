@@ -278,7 +278,7 @@ class CoresetCalibrationView:
     def frame_vectors(self, frame_id: int) -> np.ndarray:
         return self._full.frame_vectors(frame_id)
 
-    def excluded_ranges(self, frame_id: int, window: int) -> list[tuple[int, int]]:
+    def excluded_ranges(self, frame_id: int, window: int | None) -> list[tuple[int, int]]:
         return self._coreset.excluded_ranges(frame_id, window)
 
     def search(self, queries: np.ndarray, k: int = 1, exclude=None):

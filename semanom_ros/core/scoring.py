@@ -1,7 +1,7 @@
 """kNN anomaly scores, leave-one-out calibration of the decision threshold, image decisions."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
@@ -54,6 +54,43 @@ def image_score(grid: np.ndarray) -> float:
     return float(grid.max()) if grid.size else 0.0
 
 
+CALIBRATION_HOLDOUTS = ("auto", "source", "window")
+
+
+def source_count(bank: Any) -> int:
+    """How many sources (bags / topics / folders) the frames of a bank come from."""
+    return int(len(np.unique(bank.frames["source"]))) if bank.num_frames else 0
+
+
+def resolve_holdout(bank: Any, holdout: str = "auto") -> str:
+    """What calibration leaves out of each frame's search: ``"source"`` or ``"window"``.
+
+    "auto" is "source" when the bank's frames come from at least 2 sources, else "window".
+    """
+    if holdout not in CALIBRATION_HOLDOUTS:
+        raise ConfigError(f"calibration_holdout: {holdout!r} is not one of {', '.join(CALIBRATION_HOLDOUTS)}")
+    sources = source_count(bank)
+    if holdout == "source" and sources < 2:
+        raise ConfigError(
+            f"calibration_holdout source leaves each frame's whole source out, and the bank's frames come from "
+            f"{sources} source; build from >= 2 drives, use 'window', or calibrate on a separate drive "
+            "('semanom-bank calibrate BANK --on DRIVE')"
+        )
+    if holdout == "auto":
+        return "source" if sources >= 2 else "window"
+    return holdout
+
+
+def within_drive_warning(sources: int) -> str:
+    """The warning a threshold calibrated inside its own drive(s) carries (manifest and build output)."""
+    return (
+        f"threshold calibrated inside its own drive (window holdout, {sources} source"
+        f"{'' if sources == 1 else 's'}): it measures how a drive resembles itself and is likely too tight for a "
+        "new drive (expect false alarms); build from >= 2 drives or run 'semanom-bank calibrate BANK --on DRIVE' "
+        "with a separate nominal drive"
+    )
+
+
 def leave_one_out_scores(
     bank: NominalBank,
     k: int = 1,
@@ -61,20 +98,24 @@ def leave_one_out_scores(
     max_frames: int = 300,
     smoothing_sigma: float = 0.0,
     progress=None,
+    holdout: str = "window",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score bank frames against the bank minus themselves and their temporal neighbours.
 
     Without the exclusion window a frame finds its own (or its near-duplicate neighbour's)
-    patches and scores ~0, and the threshold comes out far too low.
+    patches and scores ~0, and the threshold comes out far too low. ``holdout`` "source" leaves
+    out every frame of the scored frame's own source instead (a whole drive), so the scores are
+    those of one drive against the others.
 
     Returns (image scores (F,), all patch scores (P,)).
     """
     image_scores, patch_scores = [], []
     ids = list(iter_frame_ids(bank, max_frames))
+    exclusion = None if holdout == "source" else window
     for fid in ids if progress is None else progress(ids):
         fr = bank.frames[fid]
         queries = bank.frame_vectors(fid)
-        exclude = bank.excluded_ranges(fid, window)
+        exclude = bank.excluded_ranges(fid, exclusion)
         scores = knn_scores(bank, queries, k, exclude)
         gh, gw = int(fr["grid_h"]), int(fr["grid_w"])
         if smoothing_sigma > 0 and gh * gw == len(scores):
@@ -108,6 +149,52 @@ def quantile_table(scores: np.ndarray) -> dict[str, list[float]]:
 CALIBRATION_LEVELS = ("patch", "image")
 
 
+def check_calibration_args(alpha: float, level: str) -> None:
+    """Raise ConfigError for an alpha outside (0, 1) or an unknown calibration level."""
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha: {alpha} is outside (0, 1)")
+    if level not in CALIBRATION_LEVELS:
+        raise ConfigError(f"calibration_level: {level!r} is not one of {CALIBRATION_LEVELS}")
+
+
+def score_statistics(scores: np.ndarray) -> dict[str, Any]:
+    """Min, max, mean, a few quantiles and the quantile table of nominal scores."""
+    qs = [0.5, 0.9, 0.95, 0.99, 0.999]
+    return {
+        "min": float(scores.min()),
+        "max": float(scores.max()),
+        "mean": float(scores.mean()),
+        "quantiles": {str(q): float(np.quantile(scores, q)) for q in qs},
+        "table": quantile_table(scores),
+    }
+
+
+def calibration_from_scores(
+    image_scores: np.ndarray,
+    patch_scores: np.ndarray,
+    *,
+    alpha: float,
+    level: str,
+    k: int,
+    smoothing_sigma: float,
+    method: str,
+) -> dict[str, Any]:
+    """The calibration entry of a manifest: threshold = alpha-quantile of nominal ``level`` scores."""
+    chosen = patch_scores if level == "patch" else image_scores
+    return {
+        "method": method,
+        "level": level,
+        "alpha": float(alpha),
+        "k": int(k),
+        "smoothing_sigma": float(smoothing_sigma),
+        "frames_scored": int(len(image_scores)),
+        "patches_scored": int(len(patch_scores)),
+        "threshold": float(np.quantile(chosen, alpha)),
+        "image_scores": score_statistics(image_scores),
+        "patch_scores": score_statistics(patch_scores),
+    }
+
+
 def calibrate(
     bank: NominalBank,
     alpha: float = 0.999,
@@ -117,21 +204,24 @@ def calibrate(
     smoothing_sigma: float = 0.0,
     level: str = "patch",
     progress=None,
+    holdout: str = "window",
 ) -> dict[str, Any]:
     """Set ``bank.calibration``: threshold = alpha-quantile of leave-one-out scores.
 
     ``level`` "patch" takes the quantile over every patch score of the scored frames (the
     threshold then marks pixels; the component-area filter decides the image), "image" over
     each frame's highest patch score (alpha then bounds the image-level false-alarm rate
-    before the area filter).
+    before the area filter). ``holdout`` (see :func:`resolve_holdout`): "window" leaves each
+    frame's ``window`` neighbours out of its search, "source" its whole source, "auto" chooses.
+    A within-drive ("window") calibration carries a ``warning`` (see :func:`within_drive_warning`).
     """
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha: {alpha} is outside (0, 1)")
-    if level not in CALIBRATION_LEVELS:
-        raise ConfigError(f"calibration_level: {level!r} is not one of {CALIBRATION_LEVELS}")
+    check_calibration_args(alpha, level)
     if bank.num_frames < 2:
         raise ConfigError("calibration needs at least 2 nominal frames in the bank")
-    image_scores, patch_scores = leave_one_out_scores(bank, k, window, max_frames, smoothing_sigma, progress)
+    resolved = resolve_holdout(bank, holdout)
+    image_scores, patch_scores = leave_one_out_scores(
+        bank, k, window, max_frames, smoothing_sigma, progress, holdout=resolved
+    )
     if (image_scores >= 2.0).all():
         raise ConfigError(
             f"calibration_window {window} leaves no other frame to compare with (bank of {bank.num_frames} frames"
@@ -139,34 +229,63 @@ def calibrate(
         )
     patch_scores = patch_scores[patch_scores < 2.0]
     image_scores = image_scores[image_scores < 2.0]
-    qs = [0.5, 0.9, 0.95, 0.99, 0.999]
-    image_table, patch_table = quantile_table(image_scores), quantile_table(patch_scores)
-    chosen = patch_scores if level == "patch" else image_scores
-    calibration = {
-        "method": f"leave-one-out {level} scores, alpha-quantile",
-        "level": level,
-        "alpha": float(alpha),
-        "k": int(k),
-        "window": int(window),
-        "smoothing_sigma": float(smoothing_sigma),
-        "frames_scored": int(len(image_scores)),
-        "patches_scored": int(len(patch_scores)),
-        "threshold": float(np.quantile(chosen, alpha)),
-        "image_scores": {
-            "min": float(image_scores.min()),
-            "max": float(image_scores.max()),
-            "mean": float(image_scores.mean()),
-            "quantiles": {str(q): float(np.quantile(image_scores, q)) for q in qs},
-            "table": image_table,
-        },
-        "patch_scores": {
-            "min": float(patch_scores.min()),
-            "max": float(patch_scores.max()),
-            "mean": float(patch_scores.mean()),
-            "quantiles": {str(q): float(np.quantile(patch_scores, q)) for q in qs},
-            "table": patch_table,
-        },
-    }
+    what = "each frame's own source left out" if resolved == "source" else f"window {window} left out"
+    calibration = calibration_from_scores(
+        image_scores, patch_scores, alpha=alpha, level=level, k=k, smoothing_sigma=smoothing_sigma,
+        method=f"leave-one-out {level} scores ({what}), alpha-quantile",
+    )
+    sources = source_count(bank)
+    calibration.update(holdout=resolved, window=int(window), sources=sources)
+    if resolved == "window":
+        calibration["warning"] = within_drive_warning(sources)
+    bank.calibration = calibration
+    return calibration
+
+
+def drive_scores(
+    bank: NominalBank,
+    grids: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    k: int = 1,
+    smoothing_sigma: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of frames that are not in the bank (a separate nominal drive) against the whole bank.
+
+    ``grids`` yields ((h, w, D) patch grid, (h, w) bool ignored patches or None) per frame.
+    Returns (image scores (F,), patch scores of the non-ignored patches (P,)).
+    """
+    image_scores, patch_scores = [], []
+    for patches, ignore in grids:
+        grid = patch_score_grid(bank, patches, k, ignore, smoothing_sigma)
+        kept = grid.reshape(-1) if ignore is None else grid[~np.asarray(ignore, bool)]
+        if kept.size == 0:
+            continue
+        patch_scores.append(kept.astype(np.float32))
+        image_scores.append(float(kept.max()))
+    return np.asarray(image_scores, np.float32), (
+        np.concatenate(patch_scores) if patch_scores else np.zeros(0, np.float32)
+    )
+
+
+def calibrate_on_drive(
+    bank: NominalBank, image_scores: np.ndarray, patch_scores: np.ndarray, config: PipelineConfig,
+    drive: dict[str, Any],
+) -> dict[str, Any]:
+    """Set ``bank.calibration`` from the :func:`drive_scores` of a separate nominal drive.
+
+    The threshold is the alpha-quantile of those scores at ``config``'s calibration level (its
+    alpha, k and smoothing are recorded); ``drive`` (its path, frame count) is recorded as the
+    calibration's provenance.
+    """
+    c = config
+    check_calibration_args(c.alpha, c.calibration_level)
+    if len(image_scores) < 1:
+        raise ConfigError(f"calibration drive {drive.get('path')}: no frame could be scored")
+    calibration = calibration_from_scores(
+        image_scores, patch_scores, alpha=c.alpha, level=c.calibration_level, k=c.k,
+        smoothing_sigma=c.score_smoothing_sigma,
+        method=f"{c.calibration_level} scores of a separate nominal drive against the whole bank, alpha-quantile",
+    )
+    calibration.update(holdout="drive", sources=source_count(bank), drive=dict(drive))
     bank.calibration = calibration
     return calibration
 
@@ -198,7 +317,8 @@ def calibrate_instance_bank(bank: NominalBank, config: PipelineConfig, progress=
         )
     try:
         cal = calibrate(
-            bank, c.alpha, c.k, c.calibration_window, c.calibration_max_frames, 0.0, c.calibration_level, progress
+            bank, c.alpha, c.k, c.calibration_window, c.calibration_max_frames, 0.0, c.calibration_level, progress,
+            c.calibration_holdout,
         )
     except (ValueError, IndexError) as exc:
         raise ConfigError(
@@ -229,6 +349,7 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> 
         c.score_smoothing_sigma,
         c.calibration_level,
         progress,
+        c.calibration_holdout,
     )
 
 

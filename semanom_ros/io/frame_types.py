@@ -53,6 +53,8 @@ class Frame:
     """Bag topic; None for folders."""
     name: str
     """File name, or ``f"{topic}@{stamp_ns}"`` for bags."""
+    ignore: np.ndarray | None = None
+    """(H, W) bool pixels left out of a bank (a per-frame ignore mask), or None."""
 
 
 @dataclass

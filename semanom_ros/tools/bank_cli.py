@@ -5,6 +5,7 @@
     semanom-bank info banks/highway [--json] [--verify]
     semanom-bank upgrade banks/old_bank
     semanom-bank calibrate banks/highway --alpha 0.995 --window 25
+    semanom-bank calibrate banks/highway --on drive2/      # threshold from a separate nominal drive
     semanom-bank merge banks/a banks/b -o banks/ab
     semanom-bank coreset banks/highway -o banks/highway_25 --fraction 0.25
 
@@ -45,6 +46,10 @@ def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
                    help="threshold = alpha-quantile of leave-one-out nominal scores (default 0.999)")
     g.add_argument("--window", type=int, dest="calibration_window",
                    help="frames on each side of a nominal frame left out of its leave-one-out search (default 12)")
+    g.add_argument("--holdout", choices=("auto", "source", "window"), dest="calibration_holdout",
+                   help="what each nominal frame's leave-one-out search leaves out: its --window neighbours "
+                   "(how a drive resembles itself), its whole source (how a new drive looks; needs >= 2 bags / "
+                   "folders), or auto (default: source with >= 2 sources, else window)")
     g.add_argument("--k", type=_positive_int, help="nearest bank vectors averaged per patch (default 1)")
     g.add_argument("--level", choices=("patch", "image"), dest="calibration_level",
                    help="quantile over all patch scores (default) or over each frame's highest score")
@@ -55,7 +60,8 @@ def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
 
 
 _CAL_FIELDS = (
-    "alpha", "calibration_window", "k", "calibration_level", "calibration_max_frames", "score_smoothing_sigma"
+    "alpha", "calibration_window", "calibration_holdout", "k", "calibration_level", "calibration_max_frames",
+    "score_smoothing_sigma",
 )
 
 
@@ -107,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, help="image folders: frame rate for time stamps (default 10)")
     s.add_argument("--ignore-mask", dest="ignore_mask", metavar="PNG",
                    help="image whose non-zero pixels (e.g. the ego bonnet) are left out of every frame")
+    s.add_argument("--masks", metavar="DIR",
+                   help="image folders: per-frame ignore masks, DIR/<image stem>.png, non-zero pixels (any "
+                   "channel) left out of the bank, e.g. labelled anomalies or people; resized to the frame; a frame "
+                   "without a mask file is used whole, one with an unreadable mask is skipped")
+    s.add_argument("--stills", action="store_true", default=None,
+                   help="image folders hold unrelated stills, not a video: each image is its own source, so "
+                   "calibration never leaves a neighbouring file out as a near duplicate (without it a folder is "
+                   "one sequence and --window drops each image's file-order neighbours)")
     o = b.add_argument_group("output")
     o.add_argument("--append", action="store_true", help="add to the existing bank at -o (same model and input size)")
     c = o.add_mutually_exclusive_group()
@@ -121,9 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(b)
     b.set_defaults(func=cmd_build)
 
-    cal = sub.add_parser("calibrate", help="recompute a bank's threshold (leave-one-out)")
+    cal = sub.add_parser(
+        "calibrate", help="recompute a bank's threshold (leave-one-out, or on a separate nominal drive)",
+        description="Recompute a bank's threshold. Without --on: leave-one-out over the bank's own frames (--holdout "
+        "says what each frame's search leaves out). With --on DRIVE: every frame of DRIVE, a nominal bag or image "
+        "folder that is NOT in the bank (another day, route or car), is scored against the whole bank as the monitor "
+        "scores it, and the threshold is the alpha-quantile of those scores at the bank's calibration level; the "
+        "drive's path and frame count are recorded in the manifest. That is the way to a threshold that expects a new "
+        "drive when the bank holds one drive only.",
+    )
     cal.add_argument("bank", metavar="BANK")
     cal.add_argument("-o", "--output", metavar="OUT", help="write the recalibrated bank here (default: in place)")
+    cal.add_argument("--on", metavar="DRIVE", dest="drive",
+                     help="calibrate on this separate nominal drive (rosbag2 bag or image folder, read as build reads "
+                     "it) instead of leave-one-out")
+    d = cal.add_argument_group("drive frame selection (with --on)")
+    d.add_argument("--topic", help="image topic (default: the Image/CompressedImage topic with the most messages)")
+    d.add_argument("--start", type=float, dest="start_s", metavar="S", help="first receive time (as for build)")
+    d.add_argument("--end", type=float, dest="end_s", metavar="S", help="end of the time range (exclusive)")
+    d.add_argument("--stride", type=_positive_int, help="keep every n-th message")
+    d.add_argument("--max-frames", type=_positive_int, dest="max_frames", help="score at most this many frames")
+    d.add_argument("--masks", metavar="DIR", help="image folders: per-frame ignore masks DIR/<image stem>.png")
+    d.add_argument("--batch-size", type=_positive_int, dest="batch_size", help="frames per forward pass")
+    d.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     _add_calibration_flags(cal)
     _add_output_flags(cal)
     cal.set_defaults(func=cmd_calibrate)
@@ -191,7 +225,7 @@ def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
     )
     options = _overrides(
         args, ("topic", "start_s", "end_s", "stride", "min_interval_s", "dedup_similarity", "max_frames", "fps",
-               "coreset_fraction", "coreset_size", "coreset_seed")
+               "masks", "stills", "coreset_fraction", "coreset_size", "coreset_seed")
     )
     if args.no_calibrate:
         options["calibrate"] = False
@@ -208,20 +242,37 @@ def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
     return EXIT_ERROR if summary.calibration_error else 0
 
 
+_DRIVE_OPTIONS = ("topic", "start_s", "end_s", "stride", "max_frames", "masks")
+
+
 def cmd_calibrate(args: argparse.Namespace, log: logging.Logger) -> int:
-    from semanom_ros.workflows.bank_ops import calibration_brief, recalibrate
+    from semanom_ros.workflows.bank_ops import calibrate_on, calibration_brief, calibration_summary, recalibrate
 
     target = args.output or args.bank
-    with _Interruptible(target, log):
-        bank, cal = recalibrate(args.bank, args.output, progress=args.progress, **_overrides(args, _CAL_FIELDS))
+    settings = _overrides(args, _CAL_FIELDS)
+    if args.drive is None:
+        given = [f"--{n.removesuffix('_s').replace('_', '-')}" for n in (*_DRIVE_OPTIONS, "batch_size", "device")
+                 if getattr(args, n, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} select frames of a drive; add --on DRIVE or drop them")
+        with _Interruptible(target, log):
+            bank, cal = recalibrate(args.bank, args.output, progress=args.progress, **settings)
+    else:
+        from semanom_ros.workflows.settings import BuildOptions
+
+        options = BuildOptions(progress=args.progress, **_overrides(args, _DRIVE_OPTIONS))
+        with _Interruptible(target, log):
+            bank, cal = calibrate_on(
+                args.bank, args.drive, args.output, options=options, logger=log,
+                **settings, **_overrides(args, ("batch_size", "device")),
+            )
     brief = calibration_brief(cal)
     if args.json:
         print(json.dumps({"bank": str(Path(target).absolute()), "calibration": brief}, indent=2))
     else:
-        print(
-            f"calibrated {Path(target).absolute()}: threshold {cal['threshold']:.5f} at alpha {cal['alpha']} "
-            f"({cal['level']} level, k {cal['k']}, window {cal['window']}, {cal['frames_scored']} frames scored)"
-        )
+        print(f"calibrated {Path(target).absolute()}: {calibration_summary(cal)}")
+        if cal.get("warning"):
+            print(f"WARNING: {cal['warning']}")
     return 0
 
 

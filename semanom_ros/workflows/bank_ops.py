@@ -7,28 +7,34 @@ Every write is :meth:`NominalBank.save`'s atomic swap.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from semanom_ros.core.bank import INDEX_FILE, MANIFEST, NominalBank
 from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.coreset import calibrate_coreset, coreset_bank
 from semanom_ros.core.errors import SemanomError
 from semanom_ros.core.scoring import calibrate_bank as calibrate_with_config
+from semanom_ros.core.scoring import calibrate_on_drive, drive_scores
 
 from .errors import BuildError
-from .settings import config_from_bank
+from .settings import BuildOptions, config_from_bank
+
+_log = logging.getLogger("semanom_ros.bank")
 
 __all__ = [
     "bank_state",
     "bank_unchanged_since",
     "calibrate_bank",
     "calibrate_coreset_bank",
+    "calibrate_on",
     "calibrate_progress",
     "calibration_brief",
+    "calibration_summary",
     "check_bank",
     "check_output",
     "coreset_existing_bank",
@@ -42,13 +48,32 @@ __all__ = [
     "progress_enabled",
     "recalibrate",
     "remove_stale_temp_dirs",
+    "save_in_place_or_to",
     "upgrade_bank",
 ]
 
 
 def calibration_brief(cal: dict[str, Any]) -> dict[str, Any]:
-    keys = ("threshold", "alpha", "level", "k", "window", "frames_scored", "patches_scored", "queries", "unit")
+    keys = ("threshold", "alpha", "level", "k", "holdout", "window", "sources", "drive", "frames_scored",
+            "patches_scored", "queries", "unit", "warning")
     return {k: cal[k] for k in keys if k in cal}
+
+
+def calibration_summary(cal: dict[str, Any]) -> str:
+    """One line: threshold, alpha, level, k, what was held out, frames scored."""
+    holdout = cal.get("holdout", "window")
+    if holdout == "source":
+        held = f"each frame's source held out, {cal.get('sources')} sources"
+    elif holdout == "drive":
+        drive = cal.get("drive") if isinstance(cal.get("drive"), dict) else {}
+        held = f"on drive {drive.get('path')}"
+    else:
+        held = f"window {cal.get('window')}"
+    threshold = cal.get("threshold")
+    return (
+        f"threshold {_num(threshold, '.5f')} at alpha {cal.get('alpha')} ({cal.get('level')} level, k {cal.get('k')}, "
+        f"{held}, {cal.get('frames_scored')} frames scored)"
+    )
 
 
 def format_bytes(n: int) -> str:
@@ -147,8 +172,8 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress: Any = No
     """Leave-one-out calibration with the settings of ``config`` (patch or instance bank)."""
     cal = calibrate_with_config(bank, config, progress)
     # The manifest's configuration says how the bank was calibrated (tools read it back).
-    for name in ("alpha", "k", "calibration_window", "calibration_level", "calibration_max_frames",
-                 "score_smoothing_sigma"):
+    for name in ("alpha", "k", "calibration_window", "calibration_holdout", "calibration_level",
+                 "calibration_max_frames", "score_smoothing_sigma"):
         bank.config[name] = getattr(config, name)
     return cal
 
@@ -158,7 +183,7 @@ def calibrate_coreset_bank(
 ) -> None:
     """Calibrate a coreset against the frames of the ``full`` bank it was taken from (an unbiased threshold)."""
     calibrate_coreset(coreset, full, config, progress)
-    for name in ("alpha", "k", "calibration_window", "calibration_level"):
+    for name in ("alpha", "k", "calibration_window", "calibration_holdout", "calibration_level"):
         coreset.config[name] = getattr(config, name)
 
 
@@ -197,11 +222,88 @@ def recalibrate(
         cal["queries"] = (
             "the coreset's own vectors (biased high; calibrate before subsampling for an unbiased threshold)"
         )
+    save_in_place_or_to(bank, path, output)
+    return bank, cal
+
+
+def save_in_place_or_to(bank: NominalBank, path: str | Path, output: str | Path | None) -> None:
+    """Save ``bank`` (loaded from ``path``) atomically back to ``path``, or to a new bank at ``output``."""
     target = Path(output if output is not None else path).expanduser().absolute()
     if output is not None:
         check_output(target, append=False)
     remove_stale_temp_dirs(target)
     bank.save(target)
+
+
+def calibrate_on(
+    path: str | Path,
+    drive: str | Path,
+    output: str | Path | None = None,
+    *,
+    options: BuildOptions | None = None,
+    logger: Any = None,
+    extractor: Any = None,
+    **overrides: Any,
+) -> tuple[NominalBank, dict[str, Any]]:
+    """Threshold of the patch bank at ``path`` from a separate nominal ``drive`` (bag or image folder).
+
+    Every frame of the drive (selected by ``options``: topic, stride, time range, max_frames, masks)
+    is scored against the whole bank as the monitor scores it; the threshold is the alpha-quantile
+    of those scores at the bank's calibration level (settings: the bank's, then ``overrides``). The
+    drive's path and frame count go into the calibration. Saved atomically.
+    """
+    from semanom_ros.core.bank.signature import check_signature
+    from semanom_ros.core.features import FeatureExtractor  # torch: only the commands that embed load it
+    from semanom_ros.core.ignore import IgnoreMask
+
+    from .sources import FramePrefetcher, plan_sources
+
+    bank = NominalBank.load(path)
+    if bank.kind != "patch":
+        raise BuildError(f"calibrate --on: {path} is a {bank.kind!r} bank; only patch banks can be calibrated on a "
+                         "drive (recalibrate it leave-one-out without --on)")
+    config = config_from_bank(bank, overrides)
+    options = (options or BuildOptions(progress=False)).validate()
+    log = logger if logger is not None else _log
+    extractor = extractor or FeatureExtractor.from_config(config)
+    check_signature(bank.signature, extractor.signature(), where=f"calibration drive model ({config.model})")
+    plans = plan_sources([drive], options, log)
+    ignore = IgnoreMask.from_config(config)
+    used = 0
+
+    def grids() -> Iterator[tuple[Any, Any]]:
+        reader = FramePrefetcher(plans, depth=2 * config.batch_size, logger=log)
+        batch: list[Any] = []
+        try:
+            for _, frame in reader:
+                if options.max_frames is not None and used + len(batch) >= options.max_frames:
+                    break
+                batch.append(frame)
+                if len(batch) >= config.batch_size:
+                    yield from embed(batch)
+                    batch = []
+            yield from embed(batch)
+        finally:
+            reader.close()
+
+    def embed(batch: list[Any]) -> Iterator[tuple[Any, Any]]:
+        nonlocal used
+        if not batch:
+            return
+        for frame, feat in zip(batch, extractor.extract_batch([f.rgb for f in batch])):
+            pixels = ignore.with_frame(feat.image_size, frame.ignore, "frame ignore mask")
+            used += 1
+            yield feat.patches, None if pixels is None else ignore.patch_mask(pixels, feat.grid_shape)
+
+    image_scores, patch_scores = drive_scores(bank, grids(), config.k, config.score_smoothing_sigma)
+    plan = plans[0].summary
+    drive_info = {"path": plan.path, "frames": used, "kind": plan.kind}
+    if plan.topic:
+        drive_info["topic"] = plan.topic
+    cal = calibrate_on_drive(bank, image_scores, patch_scores, config, drive_info)
+    for name in ("alpha", "k", "calibration_level", "score_smoothing_sigma"):
+        bank.config[name] = getattr(config, name)
+    save_in_place_or_to(bank, path, output)
     return bank, cal
 
 
@@ -292,11 +394,7 @@ def upgrade_bank(path: str | Path, output: str | Path | None = None) -> tuple[No
     bank = NominalBank.load(path, verify=True)
     if INDEX_FILE in (manifest.get("files") or {}) and bank.search_index.saved_file is None:
         bank.search_index.ensure()  # the saved index file was damaged or missing: save a fresh one
-    target = Path(output if output is not None else path).expanduser().absolute()
-    if output is not None:
-        check_output(target, append=False)
-    remove_stale_temp_dirs(target)
-    bank.save(target)
+    save_in_place_or_to(bank, path, output)
     return bank, manifest["format_version"]
 
 
@@ -381,11 +479,7 @@ def describe_bank(path: str | Path, manifest: dict[str, Any] | None = None) -> s
 def _describe_calibration(cal: dict[str, Any] | None) -> list[str]:
     if not cal:
         return ["calibration  none (run 'semanom-bank calibrate')"]
-    lines = [
-        f"calibration  threshold {cal['threshold']:.5f} at alpha {cal.get('alpha')} "
-        f"({cal.get('level')} level, k {cal.get('k')}, window {cal.get('window')}, "
-        f"{cal.get('frames_scored')} frames scored)"
-    ]
+    lines = [f"calibration  {calibration_summary(cal)}"]
     key = "patch_scores" if cal.get("level", "patch") == "patch" else "image_scores"
     scores = _obj(cal.get(key))
     q = _obj(scores.get("quantiles"))
@@ -396,4 +490,6 @@ def _describe_calibration(cal: dict[str, Any] | None) -> list[str]:
         )
     if cal.get("queries"):
         lines.append(f"             queries: {cal['queries']}")
+    if cal.get("warning"):
+        lines.append(f"             WARNING: {cal['warning']}")
     return lines

@@ -41,6 +41,7 @@ from .bank_ops import (
     calibrate_coreset_bank,
     calibrate_progress,
     calibration_brief,
+    calibration_summary,
     check_output,
     directory_size,
     format_bytes,
@@ -137,14 +138,17 @@ class BuildSummary:
                 )
             extra = f", reading stopped early {s.read_errors}x (damaged)" if s.read_errors else ""
             unit = "msgs" if s.kind == "bag" else "files"
-            lines.append(f"  source   {what}: {s.messages} {unit}, {s.decoded} decoded, {s.used} used{extra}{span}")
+            masked = f", {s.masked} with an ignore mask" if s.masked else ""
+            lines.append(
+                f"  source   {what}: {s.messages} {unit}, {s.decoded} decoded, {s.used} used{masked}{extra}{span}"
+            )
         skipped = {k: v for k, v in self.skipped.items() if v}
         skip_text = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()) or "none"
         lines += [
             f"  frames   {self.messages} messages, {self.decoded} decoded, {self.frames_used} used; "
             f"skipped: {skip_text}",
             f"  vectors  {self.vectors_added} added"
-            + (f" ({self.patches_ignored} patches left out by the ignore mask)" if self.patches_ignored else "")
+            + (f" ({self.patches_ignored} patches left out by ignore masks)" if self.patches_ignored else "")
             + f"; bank now {self.vectors_total} vectors in {self.frames_total} frames",
         ]
         if self.coreset:
@@ -154,11 +158,9 @@ class BuildSummary:
                 f"{c['shrink_factor']:.2f}x smaller; greedy k-center, seed {c['seed']}, {c['seconds']:.1f} s)"
             )
         if self.calibration:
-            cal = self.calibration
-            lines.append(
-                f"  calib    threshold {cal['threshold']:.4f} at alpha {cal['alpha']} "
-                f"({cal['level']} level, k {cal['k']}, window {cal['window']}, {cal['frames_scored']} frames scored)"
-            )
+            lines.append(f"  calib    {calibration_summary(self.calibration)}")
+            if self.calibration.get("warning"):
+                lines.append(f"  WARNING  {self.calibration['warning']}")
         elif self.calibration_error:
             lines.append(f"  calib    FAILED: {self.calibration_error}")
         else:
@@ -258,6 +260,18 @@ def build_bank(
     summary.seconds["read_and_embed"] = time.perf_counter() - t_stream
     summary.seconds["embed"] = embed_s
     summary.skipped = _account_skips(plans, stopped_at_max)
+    if options.masks is not None:
+        masked = sum(p.summary.masked for p in plans)
+        bank.extra.setdefault("masks", [])
+        bank.extra["masks"] = list(bank.extra["masks"]) + [
+            {"path": str(Path(options.masks).expanduser().resolve()), "frames_masked": masked}
+        ]
+        for plan in plans:
+            if plan.frames is not None and plan.summary.decoded and not plan.summary.masked:
+                warnings.warning(
+                    f"--masks {options.masks}: no <image stem>.png there matches an image of {plan.summary.path}; "
+                    "its frames went into the bank whole"
+                )
 
     if summary.frames_used == 0:
         raise BuildError(
@@ -287,6 +301,8 @@ def build_bank(
             else:
                 calibrate_bank(bank, config, calibrate_progress(show))
             summary.calibration = bank.calibration
+            if bank.calibration and bank.calibration.get("warning"):
+                warnings.warning(bank.calibration["warning"])
         except (ConfigError, ValueError, IndexError) as exc:
             summary.calibration_error = (
                 f"{exc}; the bank was saved uncalibrated: run 'semanom-bank calibrate {output}' "

@@ -81,6 +81,11 @@ class BuildOptions:
     dedup_similarity: float | None = None  # CLS cosine similarity >= this to the last kept frame: skip
     max_frames: int | None = None  # at most this many frames go into the bank in this build
     fps: float = 10.0  # image folders: stamp of file i = i / fps
+    # Image folders: a folder of per-frame ignore masks, <image stem>.png, non-zero = pixels left out of the bank.
+    masks: str | None = None
+    # Image folders hold unrelated stills, not a video: each image is its own source (calibration never
+    # treats a neighbouring file as a near duplicate).
+    stills: bool = False
     append: bool = False  # add to the bank at the output path (same model and input size)
     coreset_fraction: float | None = None  # greedy k-center coreset to this fraction of the vectors ...
     coreset_size: int | None = None  # ... or to this many vectors
@@ -108,6 +113,10 @@ class BuildOptions:
             raise ConfigError(f"max_frames: {self.max_frames!r} must be an integer >= 1 (or unset for no limit)")
         if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not float(self.fps) > 0:
             raise ConfigError(f"fps: {self.fps!r} must be > 0 (frames per second of an image folder)")
+        if self.masks is not None and (not isinstance(self.masks, str) or not Path(self.masks).expanduser().is_dir()):
+            raise ConfigError(f"masks: {self.masks!r} is not a folder (of <image stem>.png ignore masks)")
+        if not isinstance(self.stills, bool):
+            raise ConfigError(f"stills: {self.stills!r} must be true or false")
         if self.coreset_fraction is not None and self.coreset_size is not None:
             raise ConfigError(
                 "coreset: give either a fraction (--coreset-fraction) or a size (--coreset-size), not both"

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import cv2
+import numpy as np
+
 from semanom_ros.core.errors import ConfigError
 from semanom_ros.core.selection import resolve_time_range
 from semanom_ros.io.bags import (
@@ -30,7 +33,10 @@ from semanom_ros.io.frame_types import Frame, SkipStats
 from .errors import BuildError
 from .settings import BuildOptions
 
-__all__ = ["FramePrefetcher", "SourcePlan", "SourceSummary", "plan_sources"]
+__all__ = [
+    "FramePrefetcher", "SourcePlan", "SourceSummary", "as_stills", "plan_sources", "read_ignore_mask",
+    "with_ignore_masks",
+]
 
 
 @dataclass
@@ -49,6 +55,7 @@ class SourceSummary:
     error: str | None = None  # why the whole source was skipped
     first_stamp_ns: int | None = None
     last_stamp_ns: int | None = None
+    masked: int = 0  # frames that came with a per-frame ignore mask (--masks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,6 +93,11 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
             )
         name = str(path.resolve())
         stats = SkipStats()
+        if is_bag_path(path) and (options.masks is not None or options.stills):
+            raise BuildError(
+                f"{'--masks' if options.masks is not None else '--stills'} applies to image folders and "
+                f"{str(given)!r} is a bag; build it separately without that option"
+            )
         if is_bag_path(path):
             summary = SourceSummary(path=name, kind="bag")
             plan = SourcePlan(summary, stats)
@@ -136,10 +148,13 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
                     "(use --stride or --max-frames, or build it separately)"
                 )
             try:
-                plan.frames = iter_folder_frames(
+                frames = iter_folder_frames(
                     name, stride=options.stride, min_interval_s=options.min_interval_s, stats=stats,
                     logger=logger, fps=options.fps,
                 )
+                if options.masks is not None:
+                    frames = with_ignore_masks(frames, Path(options.masks).expanduser(), summary, stats, logger)
+                plan.frames = as_stills(frames) if options.stills else frames
                 summary.messages = len(image_files(path))
             except (ValueError, OSError) as exc:
                 summary.error = str(exc)
@@ -151,6 +166,56 @@ def plan_sources(sources: Sequence[str | Path], options: BuildOptions, logger: A
         if plan.summary.error:
             logger.warning(f"skipping {plan.summary.path}: {plan.summary.error}")
     return plans
+
+
+def read_ignore_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A per-frame mask file as (H, W) bool at a frame's ``size`` (non-zero in any channel = ignore).
+
+    Raises ValueError when the file cannot be read as an image.
+    """
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ValueError(f"ignore mask {str(path)!r} is not a readable image")
+    if image.ndim == 3:
+        image = image.max(axis=2)
+    if image.shape != tuple(size):
+        # Nearest neighbour keeps the mask binary; a mask at another resolution of the same camera still fits.
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return image > 0
+
+
+def with_ignore_masks(
+    frames: Iterator[Frame], masks: Path, summary: SourceSummary, stats: SkipStats, logger: Any
+) -> Iterator[Frame]:
+    """Attach ``masks/<file stem>.png`` (non-zero = ignore) to each folder frame as ``frame.ignore``.
+
+    A frame without a mask file is used whole; a frame whose mask cannot be read is skipped
+    (counted as decode_error): its masked pixels may be what must stay out of the bank.
+    """
+    for frame in frames:
+        path = masks / f"{Path(frame.name).stem}.png"
+        if path.is_file():
+            try:
+                frame.ignore = read_ignore_mask(path, frame.rgb.shape[:2])
+            except (ValueError, OSError, cv2.error) as exc:
+                stats.decode_error += 1
+                stats.yielded -= 1
+                logger.warning(f"Image folder {frame.source!r}: {frame.name} skipped: {exc}")
+                continue
+            summary.masked += 1
+        yield frame
+
+
+def as_stills(frames: Iterator[Frame]) -> Iterator[Frame]:
+    """Frames of a folder of unrelated stills: each image becomes its own source (its file path).
+
+    Calibration then never leaves a neighbouring file out as a near duplicate, and the near-
+    duplicate filter compares an image only with itself.
+    """
+    for frame in frames:
+        frame.source = str(Path(frame.source) / frame.name)
+        yield frame
 
 
 class FramePrefetcher:

@@ -205,7 +205,15 @@ class ManifestChecker:
         self.need(cal, "window", "an integer >= 0", lambda v: is_int(v, 0), prefix=p, required=False)
         self.need(cal, "smoothing_sigma", "null or a number >= 0", lambda v: v is None or (is_number(v) and v >= 0),
                   prefix=p, required=False)
-        for key in ("frames_scored", "patches_scored"):
+        self.need(cal, "holdout", "'window', 'source' or 'drive'", lambda v: v in ("window", "source", "drive"),
+                  prefix=p, required=False)
+        self.need(cal, "warning", "a string", lambda v: isinstance(v, str), prefix=p, required=False)
+        drive = self.need(cal, "drive", "an object (path, frames)", lambda v: isinstance(v, dict), prefix=p,
+                          required=False)
+        if drive:
+            self.need(drive, "path", "a non-empty string", _is_str, prefix=f"{p}drive.")
+            self.need(drive, "frames", "an integer >= 1", lambda v: is_int(v, 1), prefix=f"{p}drive.")
+        for key in ("frames_scored", "patches_scored", "sources"):
             self.need(cal, key, "an integer >= 0", lambda v: is_int(v, 0), prefix=p, required=False)
         for level in ("patch", "image"):
             key = f"{level}_scores"

@@ -313,11 +313,16 @@ class NominalBank:
         """
         return self.search_index.search(queries, k, exclude)
 
-    def excluded_ranges(self, frame_id: int, window: int) -> list[tuple[int, int]]:
-        """Vector-id ranges of the frames within ``window`` messages of ``frame_id`` (same source)."""
+    def excluded_ranges(self, frame_id: int, window: int | None) -> list[tuple[int, int]]:
+        """Vector-id ranges of the frames within ``window`` messages of ``frame_id`` (same source).
+
+        ``window`` None: every frame of the source (calibration that holds a whole drive out).
+        """
         frames = self.frames
         fr = frames[frame_id]
-        near = (frames["source"] == fr["source"]) & (np.abs(frames["index"] - fr["index"]) <= window)
+        near = frames["source"] == fr["source"]
+        if window is not None:
+            near &= np.abs(frames["index"] - fr["index"]) <= window
         ranges: list[tuple[int, int]] = []
         for f in frames[near]:
             a, b = int(f["vec_start"]), int(f["vec_start"] + f["vec_count"])
