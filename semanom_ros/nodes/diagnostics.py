@@ -20,7 +20,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from semanom_ros.core.monitor import Monitor
 
-__all__ = ["MonitorDiagnostics", "MonitorStats", "NO_INPUT_WARN_S", "RECENT_ERROR_S"]
+__all__ = ["MonitorDiagnostics", "MonitorStats", "NO_INPUT_WARN_S", "RECENT_ERROR_S", "calibration_warning"]
 
 RECENT_ERROR_S = 10.0  # /diagnostics stays WARN this long after an error or a bad message
 NO_INPUT_WARN_S = 5.0  # ... and when an active node has received nothing for this long
@@ -118,6 +118,16 @@ class MonitorStats:
         return float(np.percentile(values, q) * 1e3) if values else float("nan")
 
 
+def calibration_warning(monitor: Monitor | None) -> str:
+    """The bank's calibration warning (a threshold calibrated within its own drive), '' when none applies.
+
+    A fixed ``threshold`` parameter replaces the calibration, and with it the warning.
+    """
+    if monitor is None or monitor.config.threshold is not None:
+        return ""
+    return str((monitor.bank.calibration or {}).get("warning") or "")
+
+
 class MonitorDiagnostics:
     """The DiagnosticStatus of a monitor node from its :class:`MonitorStats`.
 
@@ -198,6 +208,7 @@ class MonitorDiagnostics:
             "bank_vectors": str(len(monitor.bank)) if monitor is not None else "0",
             "device": device,
             "threshold": f"{monitor.threshold:.5f}" if monitor is not None else "-",
+            "calibration_warning": calibration_warning(monitor),
             "last_error": s.last_error,
         }
         return DiagnosticStatus(

@@ -53,7 +53,7 @@ from semanom_ros.io.messages import build_output_messages
 from semanom_ros.workflows.settings import config_from_bank
 
 from .params import CONFIGURE, RUNTIME, SPECS_BY_NAME, check_choice, config_values, declare_all
-from .diagnostics import MonitorDiagnostics, MonitorStats
+from .diagnostics import MonitorDiagnostics, MonitorStats, calibration_warning
 from .dds_profile import apply_large_image_profile
 from .decode_stage import DecodeAheadWorker
 from .image_input import image_input, sensor_qos
@@ -216,6 +216,8 @@ class MonitorNode(LifecycleNode):
         )
         for warning in monitor.bank.warnings:  # e.g. a corrupt index.faiss that was rebuilt
             self.get_logger().warning(warning)
+        if calibration_warning(monitor):
+            self.get_logger().warning(f"bank calibration: {calibration_warning(monitor)}")
         return super().on_configure(state)
 
     @staticmethod
