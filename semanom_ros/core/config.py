@@ -14,6 +14,7 @@ from .errors import ConfigError
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 SEARCH_BACKENDS = ("auto", "torch", "faiss")
+SCORE_NORMALIZATIONS = ("none", "median")
 
 
 @dataclass
@@ -61,6 +62,11 @@ class PipelineConfig:
     k: int = 1
     # Smoothing of the patch score grid (Gaussian sigma in patches; 0 = none).
     score_smoothing_sigma: float = 0.0
+    # Per-frame normalisation of the patch scores before smoothing and thresholding: "none", or
+    # "median" = score minus the median of the frame's non-ignored patch scores, clipped at 0 (a new
+    # car or camera lifts every patch of a frame alike; issue #14). Calibration applies the same
+    # rule, so it must match the bank's calibration.
+    score_normalization: str = "none"
 
     # Calibration: threshold = alpha-quantile of leave-one-out image scores of nominal frames.
     alpha: float = 0.999
@@ -170,6 +176,18 @@ class PipelineConfig:
         _check_float(self, "search_memory_fraction", 0.01, 1.0)
         _check_int(self, "k", 1, 1024)
         _check_float(self, "score_smoothing_sigma", 0.0, 100.0)
+        if self.score_normalization not in SCORE_NORMALIZATIONS:
+            raise ConfigError(
+                f"score_normalization: {self.score_normalization!r} is not one of {', '.join(SCORE_NORMALIZATIONS)}"
+            )
+        if self.score_normalization == "median" and self.image_decision == "majority" and (
+            float(self.majority_fraction) >= 0.5
+        ):
+            raise ConfigError(
+                f"score_normalization: median leaves fewer than half of a frame's patches above 0, so image_decision "
+                f"majority with majority_fraction {self.majority_fraction} never fires; use image_decision "
+                "components, a majority_fraction below 0.5, or score_normalization none"
+            )
         if not (0.0 < float(self.alpha) < 1.0):
             raise ConfigError(
                 f"alpha: {self.alpha} is outside (0, 1); e.g. 0.999 marks the top 0.1 % of nominal patch scores"

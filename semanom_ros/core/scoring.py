@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from .bank.store import INSTANCE_BANK_KIND, NominalBank, iter_frame_ids
-from .config import PipelineConfig
+from .config import SCORE_NORMALIZATIONS, PipelineConfig
 from .errors import BankError, ConfigError
 
 
@@ -25,6 +25,28 @@ def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(grid, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
 
 
+def check_score_normalization(normalization: str) -> str:
+    """Return ``normalization`` or raise ConfigError when it is not one of :data:`SCORE_NORMALIZATIONS`."""
+    if normalization not in SCORE_NORMALIZATIONS:
+        raise ConfigError(
+            f"score_normalization: {normalization!r} is not one of {', '.join(SCORE_NORMALIZATIONS)}"
+        )
+    return normalization
+
+
+def subtract_frame_median(scores: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """A frame's patch scores minus the median of its ``keep`` patches (all when None); the others unchanged.
+
+    A camera, car or weather change lifts every patch score of a frame alike; what stands out of
+    the frame's own typical level is what is anomalous (docs/quality-research.md, issue #14).
+    """
+    out = np.array(scores, np.float32, copy=True)
+    chosen = slice(None) if keep is None else keep
+    if out[chosen].size:
+        out[chosen] -= np.float32(np.median(out[chosen]))
+    return out
+
+
 def patch_score_grid(
     bank: NominalBank,
     patches: np.ndarray,
@@ -32,8 +54,13 @@ def patch_score_grid(
     ignore: np.ndarray | None = None,
     smoothing_sigma: float = 0.0,
     exclude=None,
+    normalization: str = "none",
 ) -> np.ndarray:
-    """(h, w, D) patch grid -> (h, w) float32 scores; ignored patches score 0."""
+    """(h, w, D) patch grid -> (h, w) float32 scores; ignored patches score 0.
+
+    ``normalization`` "median" subtracts the median of the frame's non-ignored patch scores before
+    smoothing and clips the result at 0 (see :func:`subtract_frame_median`, :func:`clip_normalized`).
+    """
     h, w, d = patches.shape
     flat = patches.reshape(h * w, d)  # a GPU tensor stays one (NominalBank.search takes either)
     if ignore is not None:
@@ -42,11 +69,26 @@ def patch_score_grid(
         rows = keep if isinstance(flat, np.ndarray) else np.flatnonzero(keep).tolist()
         scores[keep] = knn_scores(bank, flat[rows], k, exclude)
     else:
+        keep = None
         scores = knn_scores(bank, flat, k, exclude)
+    if check_score_normalization(normalization) == "median":
+        scores = subtract_frame_median(scores, keep)
     grid = smooth_grid(scores.reshape(h, w), smoothing_sigma)
     if ignore is not None and smoothing_sigma > 0:
         grid = np.where(ignore, 0.0, grid).astype(np.float32)
-    return grid
+    return clip_normalized(grid, normalization)
+
+
+def clip_normalized(scores: np.ndarray, normalization: str) -> np.ndarray:
+    """Median-normalised scores clipped at 0 ("none": unchanged).
+
+    Below the frame's median is "nothing unusual", like an ignored patch (0). Clipping is monotone,
+    so every threshold above 0 (alpha above the share of patches at or below their frame's median)
+    decides exactly as on the unclipped scores, and score maps stay in [0, 2] like raw scores.
+    """
+    if normalization != "median":
+        return scores
+    return np.maximum(scores, 0.0).astype(np.float32)
 
 
 def image_score(grid: np.ndarray) -> float:
@@ -99,16 +141,19 @@ def leave_one_out_scores(
     smoothing_sigma: float = 0.0,
     progress=None,
     holdout: str = "window",
+    normalization: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score bank frames against the bank minus themselves and their temporal neighbours.
 
     Without the exclusion window a frame finds its own (or its near-duplicate neighbour's)
     patches and scores ~0, and the threshold comes out far too low. ``holdout`` "source" leaves
     out every frame of the scored frame's own source instead (a whole drive), so the scores are
-    those of one drive against the others.
+    those of one drive against the others. ``normalization`` is applied per frame as in
+    :func:`patch_score_grid`, so the threshold is on the scale live frames are scored on.
 
     Returns (image scores (F,), all patch scores (P,)).
     """
+    check_score_normalization(normalization)
     image_scores, patch_scores = [], []
     ids = list(iter_frame_ids(bank, max_frames))
     exclusion = None if holdout == "source" else window
@@ -117,9 +162,13 @@ def leave_one_out_scores(
         queries = bank.frame_vectors(fid)
         exclude = bank.excluded_ranges(fid, exclusion)
         scores = knn_scores(bank, queries, k, exclude)
+        if normalization == "median":
+            # Scores >= 2 mark patches with no neighbour outside the exclusion (calibrate drops them).
+            scores = subtract_frame_median(scores, scores < 2.0)
         gh, gw = int(fr["grid_h"]), int(fr["grid_w"])
         if smoothing_sigma > 0 and gh * gw == len(scores):
             scores = smooth_grid(scores.reshape(gh, gw), smoothing_sigma).reshape(-1)
+        scores = clip_normalized(scores, normalization)
         patch_scores.append(scores)
         image_scores.append(float(scores.max()) if len(scores) else 0.0)
     return np.asarray(image_scores, np.float32), (
@@ -178,6 +227,7 @@ def calibration_from_scores(
     k: int,
     smoothing_sigma: float,
     method: str,
+    normalization: str = "none",
 ) -> dict[str, Any]:
     """The calibration entry of a manifest: threshold = alpha-quantile of nominal ``level`` scores."""
     chosen = patch_scores if level == "patch" else image_scores
@@ -187,6 +237,7 @@ def calibration_from_scores(
         "alpha": float(alpha),
         "k": int(k),
         "smoothing_sigma": float(smoothing_sigma),
+        "score_normalization": normalization,
         "frames_scored": int(len(image_scores)),
         "patches_scored": int(len(patch_scores)),
         "threshold": float(np.quantile(chosen, alpha)),
@@ -205,6 +256,7 @@ def calibrate(
     level: str = "patch",
     progress=None,
     holdout: str = "window",
+    normalization: str = "none",
 ) -> dict[str, Any]:
     """Set ``bank.calibration``: threshold = alpha-quantile of leave-one-out scores.
 
@@ -213,6 +265,7 @@ def calibrate(
     each frame's highest patch score (alpha then bounds the image-level false-alarm rate
     before the area filter). ``holdout`` (see :func:`resolve_holdout`): "window" leaves each
     frame's ``window`` neighbours out of its search, "source" its whole source, "auto" chooses.
+    ``normalization`` (see :func:`patch_score_grid`) is applied to each scored frame.
     A within-drive ("window") calibration carries a ``warning`` (see :func:`within_drive_warning`).
     """
     check_calibration_args(alpha, level)
@@ -220,7 +273,7 @@ def calibrate(
         raise ConfigError("calibration needs at least 2 nominal frames in the bank")
     resolved = resolve_holdout(bank, holdout)
     image_scores, patch_scores = leave_one_out_scores(
-        bank, k, window, max_frames, smoothing_sigma, progress, holdout=resolved
+        bank, k, window, max_frames, smoothing_sigma, progress, holdout=resolved, normalization=normalization
     )
     if (image_scores >= 2.0).all():
         raise ConfigError(
@@ -232,7 +285,7 @@ def calibrate(
     what = "each frame's own source left out" if resolved == "source" else f"window {window} left out"
     calibration = calibration_from_scores(
         image_scores, patch_scores, alpha=alpha, level=level, k=k, smoothing_sigma=smoothing_sigma,
-        method=f"leave-one-out {level} scores ({what}), alpha-quantile",
+        method=f"leave-one-out {level} scores ({what}), alpha-quantile", normalization=normalization,
     )
     sources = source_count(bank)
     calibration.update(holdout=resolved, window=int(window), sources=sources)
@@ -247,6 +300,7 @@ def drive_scores(
     grids: Iterable[tuple[np.ndarray, np.ndarray | None]],
     k: int = 1,
     smoothing_sigma: float = 0.0,
+    normalization: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of frames that are not in the bank (a separate nominal drive) against the whole bank.
 
@@ -255,7 +309,7 @@ def drive_scores(
     """
     image_scores, patch_scores = [], []
     for patches, ignore in grids:
-        grid = patch_score_grid(bank, patches, k, ignore, smoothing_sigma)
+        grid = patch_score_grid(bank, patches, k, ignore, smoothing_sigma, normalization=normalization)
         kept = grid.reshape(-1) if ignore is None else grid[~np.asarray(ignore, bool)]
         if kept.size == 0:
             continue
@@ -273,7 +327,7 @@ def calibrate_on_drive(
     """Set ``bank.calibration`` from the :func:`drive_scores` of a separate nominal drive.
 
     The threshold is the alpha-quantile of those scores at ``config``'s calibration level (its
-    alpha, k and smoothing are recorded); ``drive`` (its path, frame count) is recorded as the
+    alpha, k, smoothing and score normalization are recorded); ``drive`` (its path, frame count) is recorded as the
     calibration's provenance.
     """
     c = config
@@ -282,7 +336,7 @@ def calibrate_on_drive(
         raise ConfigError(f"calibration drive {drive.get('path')}: no frame could be scored")
     calibration = calibration_from_scores(
         image_scores, patch_scores, alpha=c.alpha, level=c.calibration_level, k=c.k,
-        smoothing_sigma=c.score_smoothing_sigma,
+        smoothing_sigma=c.score_smoothing_sigma, normalization=c.score_normalization,
         method=f"{c.calibration_level} scores of a separate nominal drive against the whole bank, alpha-quantile",
     )
     calibration.update(holdout="drive", sources=source_count(bank), drive=dict(drive))
@@ -325,8 +379,9 @@ def calibrate_instance_bank(bank: NominalBank, config: PipelineConfig, progress=
             f"instance bank calibration failed ({exc}): too few instances outside each frame's "
             f"calibration_window of {c.calibration_window}; use a smaller window or add frames"
         ) from None
-    # Smoothing is a patch-grid operation; None tells the monitor there is nothing to match.
+    # Smoothing and normalization are patch-grid operations; None tells the monitor there is nothing to match.
     cal["smoothing_sigma"] = None
+    cal["score_normalization"] = None
     cal["unit"] = "instance"
     bank.calibration = cal
     return cal
@@ -335,7 +390,7 @@ def calibrate_instance_bank(bank: NominalBank, config: PipelineConfig, progress=
 def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
     """Leave-one-out calibration of a patch or instance bank; sets and returns ``bank.calibration``.
 
-    With the settings of ``config`` (alpha, k, window, max frames, smoothing, level).
+    With the settings of ``config`` (alpha, k, window, max frames, smoothing, level, score normalization).
     """
     if bank.kind == INSTANCE_BANK_KIND:
         return calibrate_instance_bank(bank, config, progress)
@@ -350,13 +405,15 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> 
         c.calibration_level,
         progress,
         c.calibration_holdout,
+        c.score_normalization,
     )
 
 
 def calibrated_threshold(calibration: dict[str, Any] | None, config: PipelineConfig) -> float:
     """The threshold a bank's calibration gives at ``config.alpha``.
 
-    Refuses a calibration made with another k or smoothing than the pipeline scores with.
+    Refuses a calibration made with another k, smoothing or score normalization than the pipeline
+    scores with (a calibration without a recorded normalization predates it: "none").
     """
     if not calibration:
         raise BankError(
@@ -370,6 +427,13 @@ def calibrated_threshold(calibration: dict[str, Any] | None, config: PipelineCon
                 f"{'score_' if name == 'smoothing_sigma' else ''}{name}: the bank was calibrated with {theirs}, "
                 f"the pipeline uses {ours}; recalibrate ('semanom-bank calibrate') or set it back"
             )
+    theirs = calibration.get("score_normalization", "none")
+    if theirs is not None and theirs != c.score_normalization:
+        raise ConfigError(
+            f"score_normalization: the bank was calibrated with {theirs}, the pipeline uses "
+            f"{c.score_normalization}; recalibrate ('semanom-bank calibrate --score-normalization "
+            f"{c.score_normalization}') or set it back"
+        )
     return threshold_for_alpha(calibration, c.alpha, c.calibration_level)
 
 

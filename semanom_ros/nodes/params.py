@@ -143,6 +143,10 @@ MONITOR_PARAMS: tuple[ParamSpec, ...] = (
               int_range=(1, 1024)),
     _pipeline("score_smoothing_sigma", "Gaussian smoothing of the patch score grid in patches (must match "
               "the bank's calibration).", float_range=(0.0, 100.0)),
+    _pipeline("score_normalization", "Per-frame normalisation of patch scores: none, or median (score minus "
+              "the median of the frame's non-ignored patch scores, clipped at 0); '' = the bank's calibration "
+              "(a different value is refused unless the bank is recalibrated with it).", default="",
+              choices=("", "none", "median")),
     _pipeline("alpha", "Threshold = alpha-quantile of the bank's leave-one-out nominal scores; used while "
               "threshold is negative. In (0, 1).", when=RUNTIME, float_range=(0.0, 1.0)),
     _pipeline("calibration_level", "patch (quantile over nominal patch scores) or image (over each nominal "
@@ -260,6 +264,8 @@ BUILDER_PARAMS: tuple[ParamSpec, ...] = (
        int_range=(1, 10**7)),
     _p("score_smoothing_sigma", _DEFAULTS.score_smoothing_sigma, "Gaussian smoothing of patch scores (patches).",
        float_range=(0.0, 100.0)),
+    _p("score_normalization", _DEFAULTS.score_normalization, "Per-frame normalisation of patch scores: none or "
+       "median (minus the frame's median patch score, clipped at 0).", choices=("none", "median")),
     _p("ignore_mask", "", "Image file whose non-zero pixels (e.g. the ego bonnet) are left out; '' = none."),
     _p("ignore_patch_fraction", _DEFAULTS.ignore_patch_fraction, "A patch is left out when more than this fraction "
        "of it is masked.", float_range=(0.0, 1.0)),

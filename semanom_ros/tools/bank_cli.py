@@ -57,11 +57,15 @@ def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
                    help="at most this many bank frames are scored (evenly spaced; default 300)")
     g.add_argument("--smoothing", type=float, dest="score_smoothing_sigma",
                    help="Gaussian smoothing of the patch score grid in patches (default 0)")
+    g.add_argument("--score-normalization", choices=("none", "median"), dest="score_normalization",
+                   help="per-frame normalisation of patch scores: median = score minus the median of the "
+                   "frame's patch scores, clipped at 0 (a new car or camera lifts a whole frame; default none; "
+                   "the monitor follows the bank's)")
 
 
 _CAL_FIELDS = (
     "alpha", "calibration_window", "calibration_holdout", "k", "calibration_level", "calibration_max_frames",
-    "score_smoothing_sigma",
+    "score_smoothing_sigma", "score_normalization",
 )
 
 

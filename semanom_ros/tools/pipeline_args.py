@@ -18,6 +18,8 @@ def add_pipeline_overrides(parser: argparse.ArgumentParser, model_help: str = "m
     thr.add_argument("--alpha", type=float, help="calibrated threshold at this alpha")
     ov.add_argument("--min-area", type=int, dest="min_area", help="minimum component area in pixels")
     ov.add_argument("--k", type=int, help="nearest neighbours per patch")
+    ov.add_argument("--score-normalization", choices=("none", "median"), dest="score_normalization",
+                    help="per-frame normalisation of patch scores (must match the bank's calibration)")
     ov.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     ov.add_argument("--input-height", type=int, help="backbone input height (must match the bank)")
     ov.add_argument("--num-threads", type=int,
@@ -34,6 +36,7 @@ def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "alpha": args.alpha,
         "min_component_area_px": args.min_area,
         "k": args.k,
+        "score_normalization": args.score_normalization,
         "device": args.device,
         "input_height": args.input_height,
         "num_threads": args.num_threads,

@@ -173,7 +173,7 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress: Any = No
     cal = calibrate_with_config(bank, config, progress)
     # The manifest's configuration says how the bank was calibrated (tools read it back).
     for name in ("alpha", "k", "calibration_window", "calibration_holdout", "calibration_level",
-                 "calibration_max_frames", "score_smoothing_sigma"):
+                 "calibration_max_frames", "score_smoothing_sigma", "score_normalization"):
         bank.config[name] = getattr(config, name)
     return cal
 
@@ -295,13 +295,15 @@ def calibrate_on(
             used += 1
             yield feat.patches, None if pixels is None else ignore.patch_mask(pixels, feat.grid_shape)
 
-    image_scores, patch_scores = drive_scores(bank, grids(), config.k, config.score_smoothing_sigma)
+    image_scores, patch_scores = drive_scores(
+        bank, grids(), config.k, config.score_smoothing_sigma, config.score_normalization
+    )
     plan = plans[0].summary
     drive_info = {"path": plan.path, "frames": used, "kind": plan.kind}
     if plan.topic:
         drive_info["topic"] = plan.topic
     cal = calibrate_on_drive(bank, image_scores, patch_scores, config, drive_info)
-    for name in ("alpha", "k", "calibration_level", "score_smoothing_sigma"):
+    for name in ("alpha", "k", "calibration_level", "score_smoothing_sigma", "score_normalization"):
         bank.config[name] = getattr(config, name)
     save_in_place_or_to(bank, path, output)
     return bank, cal

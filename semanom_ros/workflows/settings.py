@@ -42,7 +42,7 @@ NEGATIVE = "negative"  # marker: any number < 0 means unset
 UNSET_MARKERS: Mapping[str, Any] = MappingProxyType({
     # PipelineConfig
     "model": "", "input_height": 0, "max_input_width": 0, "ignore_mask": "", "threshold": NEGATIVE,
-    "instance_bank": "", "instance_threshold": NEGATIVE,
+    "instance_bank": "", "instance_threshold": NEGATIVE, "score_normalization": "",
     # BuildOptions
     "topic": "", "start_s": NEGATIVE, "end_s": NEGATIVE, "max_frames": 0, "coreset_fraction": 0,
     "coreset_size": 0, "dedup_similarity": 0,

@@ -205,6 +205,8 @@ class ManifestChecker:
         self.need(cal, "window", "an integer >= 0", lambda v: is_int(v, 0), prefix=p, required=False)
         self.need(cal, "smoothing_sigma", "null or a number >= 0", lambda v: v is None or (is_number(v) and v >= 0),
                   prefix=p, required=False)
+        self.need(cal, "score_normalization", "null, 'none' or 'median'", lambda v: v in (None, "none", "median"),
+                  prefix=p, required=False)
         self.need(cal, "holdout", "'window', 'source' or 'drive'", lambda v: v in ("window", "source", "drive"),
                   prefix=p, required=False)
         self.need(cal, "warning", "a string", lambda v: isinstance(v, str), prefix=p, required=False)

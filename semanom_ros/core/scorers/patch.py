@@ -59,7 +59,8 @@ class PatchScorer(Scorer):
             extra = self.ignore.patch_mask(extra_ignore, features.grid_shape)
             ignore = extra if ignore is None else (ignore | extra)
         grid = patch_score_grid(
-            self.bank, features.patches, self.config.k, ignore, self.config.score_smoothing_sigma
+            self.bank, features.patches, self.config.k, ignore, self.config.score_smoothing_sigma,
+            normalization=self.config.score_normalization,
         )
         t1 = time.perf_counter()
         weight = self.config.prompt_fusion_weight
