@@ -452,10 +452,17 @@ def test_only_the_newest_frame_is_processed(harness, tiny_bank):
     for sec in range(1, sent + 1):
         h.pub.publish(image_msg(rgb, sec))
         time.sleep(0.03)
-    wait_until(lambda: node.stats.received == sent, 5, "every frame to arrive")
-    wait_until(lambda: node.stats.processed + node.stats.dropped == sent, 5, "the worker to go idle")
+
+    def newest_answered() -> bool:
+        with h.lock:
+            last = [m.header.stamp.sec for m in h.received["score_map"]][-1:]
+        return last == [sent] and node.stats.processed + node.stats.dropped == node.stats.received
+
+    # The newest frame is never replaced in the reader's depth-1 history, so it always arrives; earlier ones
+    # may be replaced there on a loaded machine before the callback runs (not the node's to count).
+    wait_until(newest_answered, 15, "the newest frame to be answered and the worker to go idle")
     stats = node.stats
-    assert stats.dropped >= sent // 2 and stats.processed <= sent // 2
+    assert stats.processed <= sent // 2 and stats.dropped >= stats.received - sent // 2
     time.sleep(0.1)
     with h.lock:
         stamps = [m.header.stamp.sec for m in h.received["score_map"]]
