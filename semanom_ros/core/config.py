@@ -34,6 +34,17 @@ class PipelineConfig:
     # width at input_height (features.default_max_input_width: 1582 px at 224). Frames whose aspect
     # ratio the capped input cannot hold within a factor 2 are refused (ImageError).
     max_input_width: int | None = None
+    # Which backbone output the patch vectors are: 0 = the last hidden state (after the final
+    # LayerNorm), N >= 1 = the output of block N before it. Block 11 of DINOv2-S doubles the AP on
+    # road obstacles (docs/quality-research.md); the last layer generalises better across drives.
+    # Part of the bank's model signature: a bank is only scored with the layer it was built with.
+    feature_layer: int = 0
+    # Extra views of each frame, each a crop box [top, bottom, left, right] in fractions of the
+    # frame, resized to input_height like the full frame (so a crop is seen at a finer scale). Its
+    # patches go into the same bank and are scored against it; the score map is the per-pixel
+    # maximum over the full frame and the views covering the pixel. E.g. [[0.375, 1.0, 0.125, 0.875]]
+    # (the road ahead) finds small obstacles the full frame is too coarse for (patch mode only).
+    crop_views: list[list[float]] = field(default_factory=list)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16
     batch_size: int = 8  # frames per forward pass in offline tools
@@ -159,6 +170,10 @@ class PipelineConfig:
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ConfigError(f"dtype: {self.dtype!r} is not one of auto, float32, float16, bfloat16")
+        _check_int(self, "feature_layer", 0, 256)
+        self.crop_views = check_crop_views(self.crop_views)
+        if self.crop_views and self.mode != "patch":
+            raise ConfigError(f"crop_views: views are scored in mode patch only, not {self.mode!r}; set crop_views: []")
         _check_int(self, "batch_size", 1, 1024)
         _check_int(self, "num_threads", 0, 1024)
         index_types = ("auto", "flat", "flat_fp16", "ivf", "ivfpq", "hnsw")
@@ -223,6 +238,29 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes).validate()
+
+
+def check_crop_views(views: Any) -> list[list[float]]:
+    """``views`` as a list of [top, bottom, left, right] fractions; ConfigError naming the bad entry."""
+    if views is None:
+        return []
+    if not isinstance(views, (list, tuple)):
+        raise ConfigError(f"crop_views: {views!r} must be a list of [top, bottom, left, right] boxes")
+    out = []
+    for i, box in enumerate(views):
+        try:
+            top, bottom, left, right = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"crop_views[{i}]: {box!r} must be four numbers [top, bottom, left, right], fractions of the frame"
+            ) from None
+        if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+            raise ConfigError(
+                f"crop_views[{i}]: {box!r} must satisfy 0 <= top < bottom <= 1 and 0 <= left < right <= 1 "
+                "(fractions of the frame height and width), e.g. [0.375, 1.0, 0.125, 0.875]"
+            )
+        out.append([top, bottom, left, right])
+    return out
 
 
 def _check_int(cfg: PipelineConfig, name: str, lo: int, hi: int) -> None:

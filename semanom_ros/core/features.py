@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +35,26 @@ def default_max_input_width(input_height: int, patch_size: int) -> int:
 
 
 @dataclass
+class ViewFeatures:
+    """The patch grid of one crop view of a frame (PipelineConfig.crop_views)."""
+
+    box: tuple[int, int, int, int]  # (top, bottom, left, right) in pixels of the original frame
+    patches: np.ndarray  # (h, w, D) unit rows, like Features.patches (a GPU tensor with on_device=True)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return self.patches.shape[0], self.patches.shape[1]
+
+
+def crop_box_pixels(box: Sequence[float], image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A [top, bottom, left, right] fraction box -> pixel bounds (top, bottom, left, right) in a frame."""
+    height, width = image_size
+    top, bottom = int(round(box[0] * height)), int(round(box[1] * height))
+    left, right = int(round(box[2] * width)), int(round(box[3] * width))
+    return top, max(bottom, top + 1), left, max(right, left + 1)
+
+
+@dataclass
 class Features:
     """Backbone output for one frame; rows are unit vectors (cosine similarity = dot product)."""
 
@@ -44,10 +64,17 @@ class Features:
     cls: np.ndarray  # (D,) float32 (a GPU tensor too with on_device=True)
     image_size: tuple[int, int]  # (H, W) of the original frame
     input_size: tuple[int, int]  # (H', W') fed to the backbone
+    views: list[ViewFeatures] = field(default_factory=list)  # crop views, in config.crop_views order
 
     @property
     def grid_shape(self) -> tuple[int, int]:
         return self.patches.shape[0], self.patches.shape[1]
+
+    @property
+    def num_patches(self) -> int:
+        """Patches of the full frame and of every crop view."""
+        grids = [self.grid_shape] + [view.grid_shape for view in self.views]
+        return sum(h * w for h, w in grids)
 
 
 def validate_rgb(image: object, min_side: int = 1) -> np.ndarray:
@@ -167,6 +194,8 @@ class FeatureExtractor:
         device: str = "auto",
         dtype: str = "auto",
         max_input_width: int | None = None,
+        feature_layer: int = 0,
+        crop_views: Sequence[Sequence[float]] = (),
     ) -> None:
         self.model_id = model
         self.device = resolve_device(device)
@@ -180,6 +209,14 @@ class FeatureExtractor:
         self.num_prefix_tokens = self.backbone_spec.num_prefix_tokens(config)
         # Backbones without a CLS token (I-JEPA) report the mean of their patch tokens as Features.cls.
         self.has_cls: bool = self.backbone_spec.has_cls
+        layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+        if feature_layer < 0 or (layers and feature_layer > layers):
+            raise ModelError(
+                f"feature_layer {feature_layer}: {source!r} has {layers} blocks; use 0 (the last hidden state) "
+                f"or a block from 1 to {layers}"
+            )
+        self.feature_layer = int(feature_layer)
+        self.crop_views = [tuple(float(v) for v in box) for box in crop_views]
         if input_height < self.patch_size:
             raise ModelError(f"input_height {input_height} is smaller than the model's patch size {self.patch_size}")
         self.input_height = int(input_height) // self.patch_size * self.patch_size
@@ -202,7 +239,10 @@ class FeatureExtractor:
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "FeatureExtractor":
         """The extractor a pipeline's settings describe (model, input size, device, dtype, width cap)."""
-        return cls(config.model, config.input_height, config.device, config.dtype, config.max_input_width)
+        return cls(
+            config.model, config.input_height, config.device, config.dtype, config.max_input_width,
+            feature_layer=config.feature_layer, crop_views=config.crop_views,
+        )
 
     def signature(self) -> ModelSignature:
         """What a bank built with this extractor records, and what a bank scored with it must match."""
@@ -212,6 +252,7 @@ class FeatureExtractor:
             input_height=self.input_height,
             dim=self.dim,
             patch_size=self.patch_size,
+            feature_layer=self.feature_layer,
         )
 
     # -- geometry ---------------------------------------------------------------------------
@@ -284,7 +325,12 @@ class FeatureExtractor:
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(batch)
         pixels = batch.to(self.device, non_blocking=True).to(self.dtype)
-        hidden = self.model(pixel_values=pixels, **self.backbone_spec.forward_kwargs).last_hidden_state
+        if self.feature_layer:
+            # hidden_states[0] is the embedding output, [N] the output of block N (before the final norm).
+            outputs = self.model(pixel_values=pixels, output_hidden_states=True, **self.backbone_spec.forward_kwargs)
+            hidden = outputs.hidden_states[self.feature_layer]
+        else:
+            hidden = self.model(pixel_values=pixels, **self.backbone_spec.forward_kwargs).last_hidden_state
         hidden = torch.nn.functional.normalize(hidden.float(), dim=-1)
         cls, patches = split_tokens(hidden, self.backbone_spec, self.num_prefix_tokens)
         if on_device:
@@ -295,34 +341,53 @@ class FeatureExtractor:
         return self.extract_batch([rgb], on_device)[0]
 
     def extract_batch(self, frames: Sequence[np.ndarray], on_device: bool = False) -> list[Features]:
-        """Embed frames; frames of equal size share a forward pass.
+        """Embed frames (and their crop views); inputs of equal size share a forward pass.
 
         ``on_device`` leaves patches and CLS as torch tensors where the model runs (only useful on a
         GPU, for a GPU index).
         """
-        inputs: list[Any] = [
-            self.preprocess_tensor(f) if self.can_preprocess_on_device(*f.shape[:2]) else self.preprocess(f)
-            for f in validated_frames(frames, self.patch_size)
+        frames = validated_frames(frames, self.patch_size)
+        # One backbone input per frame, then one per crop view of each frame: (frame index, box or None, image).
+        jobs: list[tuple[int, tuple[int, int, int, int] | None, np.ndarray]] = [
+            (i, None, f) for i, f in enumerate(frames)
         ]
-        out: list[Features | None] = [None] * len(frames)
+        for i, frame in enumerate(frames):
+            for box in self.crop_views:
+                top, bottom, left, right = crop_box_pixels(box, frame.shape[:2])
+                crop = np.ascontiguousarray(frame[top:bottom, left:right])
+                validate_rgb(crop, min_side=self.patch_size)
+                jobs.append((i, (top, bottom, left, right), crop))
+        inputs: list[Any] = [
+            self.preprocess_tensor(img) if self.can_preprocess_on_device(*img.shape[:2]) else self.preprocess(img)
+            for _, _, img in jobs
+        ]
+        grids: list[Any] = [None] * len(jobs)
+        cls_tokens: list[Any] = [None] * len(jobs)
         by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, x in enumerate(inputs):
-            by_shape.setdefault(tuple(x.shape), []).append(i)
+        for j, x in enumerate(inputs):
+            by_shape.setdefault(tuple(x.shape), []).append(j)
         for shape, idx in by_shape.items():
             h, w = shape[1] // self.patch_size, shape[2] // self.patch_size
-            batch = [inputs[i] for i in idx]
+            batch = [inputs[j] for j in idx]
             stacked = np.stack(batch) if all(isinstance(x, np.ndarray) for x in batch) else torch.stack(
                 [torch.as_tensor(x, device=self.device) for x in batch]
             )
             patches, cls = self.forward(stacked, on_device)
-            for j, i in enumerate(idx):
-                out[i] = Features(
-                    patches=patches[j].reshape(h, w, self.dim),
-                    cls=cls[j],
-                    image_size=(frames[i].shape[0], frames[i].shape[1]),
-                    input_size=(shape[1], shape[2]),
-                )
-        return out  # type: ignore[return-value]
+            for n, j in enumerate(idx):
+                grids[j], cls_tokens[j] = patches[n].reshape(h, w, self.dim), cls[n]
+        out = [
+            Features(
+                patches=grids[i],
+                cls=cls_tokens[i],
+                image_size=(frame.shape[0], frame.shape[1]),
+                input_size=(inputs[i].shape[1], inputs[i].shape[2]),
+            )
+            for i, frame in enumerate(frames)
+        ]
+        for j in range(len(frames), len(jobs)):
+            frame_index, box, _ = jobs[j]
+            out[frame_index].views.append(ViewFeatures(box=box, patches=grids[j]))  # type: ignore[arg-type]
+        return out
 
     def release(self) -> None:
         """Drop the model and return GPU memory (lifecycle cleanup)."""
@@ -351,6 +416,8 @@ def patch_mask_from_pixels(mask: np.ndarray, grid: tuple[int, int], fraction: fl
 
 __all__ = [
     "Features",
+    "ViewFeatures",
+    "crop_box_pixels",
     "FeatureExtractor",
     "validate_rgb",
     "patch_mask_from_pixels",

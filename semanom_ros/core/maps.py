@@ -25,6 +25,21 @@ def upsample_scores(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(grid.astype(np.float32, copy=False), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def fuse_view_scores(
+    score_map: np.ndarray, view_grids: list[tuple[tuple[int, int, int, int], np.ndarray]]
+) -> np.ndarray:
+    """Per-pixel maximum of a frame's score map and its crop views' grids, each upsampled into its box.
+
+    ``view_grids``: ((top, bottom, left, right) in pixels, (h, w) grid). Max, not mean: a small
+    obstacle only the finer view resolves must not be averaged away by the coarse one.
+    """
+    fused = score_map
+    for (top, bottom, left, right), grid in view_grids:
+        region = fused[top:bottom, left:right]
+        np.maximum(region, upsample_scores(grid, (bottom - top, right - left)), out=region)
+    return fused
+
+
 def threshold_components(
     score_map: np.ndarray, threshold: float, min_component_area_px: int
 ) -> tuple[np.ndarray, np.ndarray, list[Component]]:

@@ -69,11 +69,28 @@ def patch_score_grid(
         rows = keep if isinstance(flat, np.ndarray) else np.flatnonzero(keep).tolist()
         scores[keep] = knn_scores(bank, flat[rows], k, exclude)
     else:
-        keep = None
         scores = knn_scores(bank, flat, k, exclude)
+    return grid_from_scores(scores, (h, w), ignore, smoothing_sigma, normalization)
+
+
+def grid_from_scores(
+    scores: np.ndarray,
+    grid_shape: tuple[int, int],
+    ignore: np.ndarray | None = None,
+    smoothing_sigma: float = 0.0,
+    normalization: str = "none",
+) -> np.ndarray:
+    """Raw kNN scores of a frame's patches (P,) -> the (h, w) grid :func:`patch_score_grid` returns.
+
+    Normalisation, smoothing and clipping as a live frame gets them (ignored patches: 0).
+    """
+    keep = None if ignore is None else ~np.asarray(ignore, bool).reshape(-1)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    if keep is not None:
+        scores = np.where(keep, scores, np.float32(0.0)).astype(np.float32)
     if check_score_normalization(normalization) == "median":
         scores = subtract_frame_median(scores, keep)
-    grid = smooth_grid(scores.reshape(h, w), smoothing_sigma)
+    grid = smooth_grid(scores.reshape(grid_shape), smoothing_sigma)
     if ignore is not None and smoothing_sigma > 0:
         grid = np.where(ignore, 0.0, grid).astype(np.float32)
     return clip_normalized(grid, normalization)
@@ -89,6 +106,21 @@ def clip_normalized(scores: np.ndarray, normalization: str) -> np.ndarray:
     if normalization != "median":
         return scores
     return np.maximum(scores, 0.0).astype(np.float32)
+
+
+def median_normalized_grids(grids: list[tuple[np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
+    """Raw score grids of one frame's views minus the median of all their kept patches, clipped at 0.
+
+    ``grids``: ((h, w) scores, (h, w) ignored patches or None) per view; ignored patches stay 0.
+    """
+    kept = [g[~i] if i is not None else g.reshape(-1) for g, i in grids]
+    values = np.concatenate(kept) if kept else np.zeros(0, np.float32)
+    median = np.float32(np.median(values)) if values.size else np.float32(0.0)
+    out = []
+    for grid, ignore in grids:
+        shifted = np.maximum(grid - median, 0.0).astype(np.float32)
+        out.append(shifted if ignore is None else np.where(ignore, 0.0, shifted).astype(np.float32))
+    return out
 
 
 def image_score(grid: np.ndarray) -> float:

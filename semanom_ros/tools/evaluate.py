@@ -3,6 +3,8 @@
     semanom-eval --bank banks/highway --data ../shared/data/highway/test -o eval/highway
     semanom-eval --bank banks/highway --images DIR --masks DIR --labels labels.csv -o OUT
     semanom-eval --bank banks/highway --bag drive/ --topic /camera/image_raw --labels ranges.csv -o OUT
+    semanom-eval --bank banks/highway --nominal-drive ../shared/data/highway_b/frames -o OUT
+    semanom-eval --road-anomaly DATA --folds 5 [--config pipeline.yaml] [--feature-layer 11] -o OUT
 
 The pipeline settings are the bank's (its manifest records the configuration it was built
 with); flags override single settings. Every frame goes through the same
@@ -32,7 +34,10 @@ from semanom_ros.workflows.eval_data import (
 )
 from semanom_ros.workflows.evaluation import run_evaluation
 from semanom_ros.workflows.report import DEFAULT_ALPHAS, DEFAULT_MIN_AREAS, DEFAULT_PIXEL_STRIDE, EvalOptions
-from semanom_ros.workflows.settings import config_from_bank
+from semanom_ros.core.config import PipelineConfig
+from semanom_ros.workflows.cross_drive import run_cross_drive
+from semanom_ros.workflows.road_benchmark import RoadBenchmarkOptions, run_road_benchmark
+from semanom_ros.workflows.settings import config_from_bank, config_from_yaml
 
 from .pipeline_args import add_pipeline_overrides, parse_command_line
 
@@ -59,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score labelled frames (image folder with masks/labels, or a bag with labelled stamp ranges) "
         "with a bank and write report.json, report.md and plots.",
     )
-    p.add_argument("--bank", required=True, help="bank directory (its manifest gives the pipeline settings)")
+    p.add_argument("--bank", help="bank directory (its manifest gives the pipeline settings)")
     p.add_argument("-o", "--output", required=True, help="output folder for report.json, report.md and PNGs")
     src = p.add_argument_group("data (folder mode or bag mode)")
     src.add_argument("--data", help="folder with images/ [masks/] [labels.csv] (or images directly), or a bag")
@@ -76,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--bag", help="rosbag2 bag (directory, .mcap or .db3)")
     src.add_argument("--topic", help="image topic of the bag (default: the one with most messages)")
     src.add_argument("--max-frames", type=int, help="evaluate at most this many frames")
+    src.add_argument("--nominal-drive", help="cross-drive mode: folder of frames (or a bag) of another drive, all "
+                     "nominal, never in the bank: reports how many frames the bank's monitor flags (false alarms)")
+    road = p.add_argument_group("road-anomaly benchmark (no --bank: a bank per fold is built from the data)")
+    road.add_argument("--road-anomaly", metavar="DATA", help="folder with images/ and labels_masks/ (0 = "
+                      "in-distribution, 1 = anomaly, 255 = void): K-fold cross-image protocol, SMIYC metrics")
+    road.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    road.add_argument("--bank-fraction", type=float, default=1.0,
+                      help="random share of each image's bank patches (seeded; < 1 to save time, default 1)")
+    road.add_argument("--config", help="pipeline settings YAML (default: the package defaults)")
+    road.add_argument("--feature-layer", type=int, help="backbone block whose output is the patch vector "
+                      "(0 = last hidden state)")
+    road.add_argument("--crop-view", action="append", metavar="TOP,BOTTOM,LEFT,RIGHT",
+                      type=_float_list, help="a crop view (fractions of the frame), repeatable, e.g. "
+                      "0.375,1,0.125,0.875 for the road ahead")
     add_pipeline_overrides(p, "model folder or hub id (e.g. a local copy when the manifest names a hub id)")
     rp = p.add_argument_group("report")
     rp.add_argument("--pixel-stride", type=int, default=DEFAULT_PIXEL_STRIDE,
@@ -130,7 +149,16 @@ def dataset_from_args(args: argparse.Namespace, sink: WarningSink) -> FolderData
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, sink, overrides = parse_command_line(build_parser(), argv)
+    parser = build_parser()
+    args, sink, overrides = parse_command_line(parser, argv)
+    if bool(args.bank) == bool(args.road_anomaly):
+        parser.error("pass --bank BANK (evaluate a bank) or --road-anomaly DATA (K-fold benchmark), one of them")
+    if args.nominal_drive and not args.bank:
+        parser.error("--nominal-drive needs --bank (the bank built from another drive)")
+    if args.road_anomaly:
+        return road_anomaly_main(args, overrides)
+    if args.nominal_drive:
+        return cross_drive_main(args, overrides)
     output = Path(args.output)
     if output.exists() and not output.is_dir():  # found now, not after the whole evaluation ran
         print(f"semanom-eval: error: -o {output}: exists and is not a folder; pass a folder for report.json, "
@@ -179,6 +207,64 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<20} {fmt(entry.get('image_auroc')):>11}  {entry.get('median_ms_per_frame') or 0:8.1f}")
     if report["warnings"]:
         print(f"{len(report['warnings'])} warning(s); see report.md", file=sys.stderr)
+    return 0
+
+
+def _fail(exc: Exception) -> int:
+    hint = ""
+    if "cannot load model" in str(exc):
+        hint = " (pass --model with a local model folder, e.g. ../shared/models/dinov2-small)"
+    print(f"semanom-eval: error: {exc}{hint}", file=sys.stderr)
+    return 2
+
+
+def road_anomaly_main(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """semanom-eval --road-anomaly: the K-fold benchmark (workflows.road_benchmark)."""
+    try:
+        cfg = config_from_yaml(args.config) if args.config else PipelineConfig()
+        changes = dict(overrides)
+        if args.feature_layer is not None:
+            changes["feature_layer"] = args.feature_layer
+        if args.crop_view:
+            changes["crop_views"] = args.crop_view
+        cfg = cfg.replace(**changes).validate()
+        options = RoadBenchmarkOptions(
+            folds=args.folds, bank_fraction=args.bank_fraction, pixel_stride=args.pixel_stride,
+            max_images=args.max_frames, progress=not args.no_progress,
+        )
+        report = run_road_benchmark(cfg, args.road_anomaly, args.output, options)
+    except (SemanomError, EvalDataError, OSError) as exc:
+        return _fail(exc)
+    px, comp, fr = report["pixel"], report["components"], report["frames"]
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(
+        f"{fr['n_frames']} images, {args.folds} folds: pixel AP {fmt(px['ap'])}, AUROC {fmt(px['auroc'])}, "
+        f"FPR95 {fmt(px['fpr_at_95_tpr'])}; sIoU {fmt(comp['siou'])}, PPV {fmt(comp['ppv'])}, mean F1 "
+        f"{fmt(comp['mean_f1'])}; frames hit {fr['frames_hit']}/{fr['anomalous_frames']}, frames with a false "
+        f"component {fr['frames_with_false_component']}/{fr['n_frames']}. Report: {Path(args.output) / 'report.md'}"
+    )
+    return 0
+
+
+def cross_drive_main(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """semanom-eval --bank A --nominal-drive B: false alarms of a bank's monitor on another drive."""
+    try:
+        cfg = config_from_bank(args.bank, overrides)
+        report = run_cross_drive(
+            cfg, args.bank, args.nominal_drive, args.output, topic=args.topic, max_frames=args.max_frames,
+            progress=not args.no_progress,
+        )
+    except (SemanomError, EvalDataError, OSError, ValueError) as exc:
+        return _fail(exc)
+    print(
+        f"{report['n_frames']} frames of {args.nominal_drive}: {report['frames_flagged']} flagged "
+        f"({100 * report['flagged_rate']:.1f} %), image score / threshold median "
+        f"{report['score_over_threshold']['median']:.2f}, max {report['score_over_threshold']['max']:.2f}. "
+        f"Report: {Path(args.output) / 'report.md'}"
+    )
     return 0
 
 

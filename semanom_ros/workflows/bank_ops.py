@@ -294,6 +294,10 @@ def calibrate_on(
             pixels = ignore.with_frame(feat.image_size, frame.ignore, "frame ignore mask")
             used += 1
             yield feat.patches, None if pixels is None else ignore.patch_mask(pixels, feat.grid_shape)
+            for view in feat.views:  # crop views are scored like the frame (PatchScorer.view_grid)
+                top, bottom, left, right = view.box
+                yield view.patches, None if pixels is None else ignore.patch_mask(
+                    pixels[top:bottom, left:right], view.grid_shape)
 
     image_scores, patch_scores = drive_scores(
         bank, grids(), config.k, config.score_smoothing_sigma, config.score_normalization

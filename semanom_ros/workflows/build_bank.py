@@ -459,8 +459,7 @@ def _stream_into_bank(
                         continue
                     before = len(builder.bank)  # a counter; bank.frames would concatenate the table per frame
                     builder.add_features(frame, feat)
-                    grid_h, grid_w = feat.grid_shape
-                    _count_used(plan, frame, len(builder.bank) - before, grid_h * grid_w, summary)
+                    _count_used(plan, frame, len(builder.bank) - before, feat.num_patches, summary)
             now = read_so_far()
             bar.update(max(0, now - done_reading))
             done_reading = max(done_reading, now)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .report import EvalRun
 
-__all__ = ["PLOT_FILES", "render_markdown", "write_json", "write_outputs"]
+__all__ = ["PLOT_FILES", "render_markdown", "write_json", "write_outputs", "write_text_atomic"]
 
 PLOT_FILES = {
     "roc": "roc.png",
@@ -50,7 +50,7 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     # Written next to the target and renamed: a reader never sees half a report.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -58,7 +58,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    _write_text(path, json.dumps(_clean(report), indent=2, default=_json_default, allow_nan=False) + "\n")
+    write_text_atomic(path, json.dumps(_clean(report), indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------- markdown
@@ -388,4 +388,4 @@ def write_outputs(report: dict[str, Any], run: EvalRun, output: Path, *, plots: 
         files.update(PLOT_FILES)
     report["files"] = files
     write_json(report, output / "report.json")
-    _write_text(output / "report.md", render_markdown(report))
+    write_text_atomic(output / "report.md", render_markdown(report))

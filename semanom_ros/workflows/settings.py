@@ -208,6 +208,7 @@ def config_from_bank(
         values["model"] = model["model"]
     if model.get("input_height"):
         values["input_height"] = int(model["input_height"])
+    values["feature_layer"] = int(model.get("feature_layer") or 0)
     try:
         config = PipelineConfig.from_dict(values)
     except (ConfigError, TypeError) as exc:

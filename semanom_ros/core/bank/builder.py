@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from ..config import PipelineConfig
 from ..features import FeatureExtractor, Features
 from ..ignore import IgnoreMask
@@ -100,12 +102,29 @@ class PatchBankBuilder(BankBuilder):
 
         For callers that look at the features first, e.g. to skip near duplicates by CLS similarity.
         """
-        keep = None
         own = getattr(frame, "ignore", None)
         ignore_px = self.ignore.with_frame(feat.image_size, own, "frame ignore mask")
-        if ignore_px is not None:
-            keep = ~self.ignore.patch_mask(ignore_px, feat.grid_shape)
-        return self.bank.add_patch_grid(feat.patches, keep=keep, **frame_provenance(frame))
+        if not feat.views:
+            keep = None if ignore_px is None else ~self.ignore.patch_mask(ignore_px, feat.grid_shape)
+            return self.bank.add_patch_grid(feat.patches, keep=keep, **frame_provenance(frame))
+        # Crop views: their patches join the frame's in the bank (row/col -1: not on the full grid).
+        height, width = feat.image_size
+        parts = [((0, height, 0, width), feat.patches)] + [(view.box, view.patches) for view in feat.views]
+        vectors, rows, cols = [], [], []
+        for view_index, ((top, bottom, left, right), patches) in enumerate(parts):
+            h, w, d = patches.shape
+            flat = np.asarray(patches).reshape(h * w, d)
+            keep = np.ones(h * w, bool)
+            if ignore_px is not None:
+                keep = ~self.ignore.patch_mask(ignore_px[top:bottom, left:right], (h, w)).reshape(-1)
+            r, c = np.divmod(np.arange(h * w), w)
+            vectors.append(flat[keep])
+            rows.append(r[keep] if view_index == 0 else np.full(int(keep.sum()), -1))
+            cols.append(c[keep] if view_index == 0 else np.full(int(keep.sum()), -1))
+        return self.bank.add_frame(
+            np.concatenate(vectors), rows=np.concatenate(rows), cols=np.concatenate(cols), grid=feat.grid_shape,
+            **frame_provenance(frame),
+        )
 
 
 __all__ = ["BankBuilder", "PatchBankBuilder", "frame_provenance"]

@@ -164,6 +164,7 @@ def read_bank_dir(
         input_height=m["input_height"],
         dim=m["dim"],
         patch_size=m.get("patch_size", 14),
+        feature_layer=m.get("feature_layer", 0),
     )
     _check_array_layout(path, manifest, sig, vectors, vmeta, frames)
     checks.append(

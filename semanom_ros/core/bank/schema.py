@@ -181,6 +181,7 @@ class ManifestChecker:
         for key in ("input_height", "dim"):
             self.need(model, key, "an integer >= 1", lambda v: is_int(v, 1), prefix="model.")
         self.need(model, "patch_size", "an integer >= 1", lambda v: is_int(v, 1), prefix="model.", required=current)
+        self.need(model, "feature_layer", "an integer >= 0", lambda v: is_int(v, 0), prefix="model.", required=False)
 
     def check_source(self, source: Any, prefix: str) -> None:
         if not isinstance(source, dict):

@@ -16,15 +16,20 @@ class ModelSignature:
     input_height: int
     dim: int
     patch_size: int = 14
+    # Backbone output the vectors come from (PipelineConfig.feature_layer; 0 = the last hidden state).
+    feature_layer: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(
+        values: dict[str, Any] = dict(
             model=self.model,
             fingerprint=self.fingerprint,
             input_height=self.input_height,
             dim=self.dim,
             patch_size=self.patch_size,
         )
+        if self.feature_layer:  # left out at the default, so banks from before the option read the same
+            values["feature_layer"] = self.feature_layer
+        return values
 
 
 def check_signature(bank: ModelSignature, pipeline: ModelSignature, where: str = "bank") -> None:
@@ -40,12 +45,21 @@ def check_signature(bank: ModelSignature, pipeline: ModelSignature, where: str =
             f"input size: the {where} was built at input_height {bank.input_height}, "
             f"the pipeline uses {pipeline.input_height}"
         )
+    if bank.feature_layer != pipeline.feature_layer:
+        problems.append(
+            f"feature layer: the {where} holds {_layer_name(bank.feature_layer)} vectors, "
+            f"the pipeline uses {_layer_name(pipeline.feature_layer)} (feature_layer {pipeline.feature_layer})"
+        )
     if bank.dim != pipeline.dim:
         problems.append(f"dimension: the {where} holds {bank.dim}-d vectors, the model gives {pipeline.dim}-d")
     if problems:
         raise BankMismatchError(
             "; ".join(problems) + ". Rebuild the bank with this model and input size, or set the pipeline to match."
         )
+
+
+def _layer_name(layer: int) -> str:
+    return "last-layer" if layer == 0 else f"block-{layer}"
 
 
 __all__ = ["ModelSignature", "check_signature"]

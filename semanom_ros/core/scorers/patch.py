@@ -10,10 +10,10 @@ from ..config import PipelineConfig
 from ..errors import ConfigError, ImageError
 from ..features import Features
 from ..ignore import IgnoreMask
-from ..maps import threshold_components, upsample_scores
+from ..maps import fuse_view_scores, threshold_components, upsample_scores
 from ..prompts import PromptScorer, fuse_score_maps
 from ..result import AnomalyResult
-from ..scoring import image_score, majority_vote, patch_score_grid
+from ..scoring import image_score, majority_vote, median_normalized_grids, patch_score_grid
 from .base import Scorer
 
 
@@ -43,6 +43,29 @@ class PatchScorer(Scorer):
             )
         self.prompt_scorer = PromptScorer.from_config(self.config)
 
+    def view_grid(self, patches: np.ndarray, image_size: tuple[int, int], box: tuple[int, int, int, int] | None,
+                  extra_ignore: np.ndarray | None, normalization: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(score grid, ignored patches or None) of the full frame (``box`` None) or of one crop view."""
+        grid_shape = (patches.shape[0], patches.shape[1])
+        if box is None:
+            ignore = self.ignore_patches(image_size, grid_shape)
+            extra = None if extra_ignore is None else self.ignore.patch_mask(extra_ignore, grid_shape)
+        else:
+            top, bottom, left, right = box
+            configured = self.ignore.pixels(image_size)
+            ignore = None if configured is None else self.ignore.patch_mask(
+                configured[top:bottom, left:right], grid_shape)
+            extra = None if extra_ignore is None else self.ignore.patch_mask(
+                extra_ignore[top:bottom, left:right], grid_shape)
+        if extra is not None:
+            ignore = extra if ignore is None else (ignore | extra)
+        grid = patch_score_grid(
+            self.bank, patches, self.config.k, ignore, self.config.score_smoothing_sigma,
+            normalization=normalization or self.config.score_normalization,
+        )
+        return grid, ignore
+
     def ignore_patches(self, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray | None:
         """Patches the configured ignore mask leaves out for a frame size and grid (None: none)."""
         return self.ignore.patches(image_size, grid)
@@ -50,25 +73,28 @@ class PatchScorer(Scorer):
     def score(self, features: Features, threshold: float, rgb: np.ndarray | None = None,
               extra_ignore: np.ndarray | None = None) -> AnomalyResult:
         t0 = time.perf_counter()
-        ignore = self.ignore_patches(features.image_size, features.grid_shape)
-        if extra_ignore is not None:
-            if extra_ignore.shape != features.image_size:
-                raise ImageError(
-                    f"ignore mask shape {extra_ignore.shape} differs from the frame's {features.image_size}"
-                )
-            extra = self.ignore.patch_mask(extra_ignore, features.grid_shape)
-            ignore = extra if ignore is None else (ignore | extra)
-        grid = patch_score_grid(
-            self.bank, features.patches, self.config.k, ignore, self.config.score_smoothing_sigma,
-            normalization=self.config.score_normalization,
-        )
+        if extra_ignore is not None and extra_ignore.shape != features.image_size:
+            raise ImageError(f"ignore mask shape {extra_ignore.shape} differs from the frame's {features.image_size}")
+        # With crop views the median is taken over all views' patches at once, as calibration does
+        # with a frame's vectors (the bank keeps a frame's views together).
+        joint_median = bool(features.views) and self.config.score_normalization == "median"
+        normalization = "none" if joint_median else None
+        grid, ignore = self.view_grid(features.patches, features.image_size, None, extra_ignore, normalization)
+        views = [
+            (view.box, *self.view_grid(view.patches, features.image_size, view.box, extra_ignore, normalization))
+            for view in features.views
+        ]
+        if joint_median:
+            grid, *rest = median_normalized_grids([(grid, ignore)] + [(g, i) for _, g, i in views])
+            views = [(box, g, i) for (box, _, i), g in zip(views, rest)]
+        view_grids = [(box, g) for box, g, _ in views]
         t1 = time.perf_counter()
         weight = self.config.prompt_fusion_weight
         fused_prompts = self.prompt_scorer is not None and weight > 0 and rgb is not None
         if fused_prompts:
             grid = fuse_score_maps(grid, self.prompt_scorer.score_map(rgb, grid.shape), weight, threshold)
         t_prompts = time.perf_counter()
-        score_map = upsample_scores(grid, features.image_size)
+        score_map = fuse_view_scores(upsample_scores(grid, features.image_size), view_grids)
         min_area = self.config.min_component_area_px
         mask, labels, components = threshold_components(score_map, threshold, min_area)
         t2 = time.perf_counter()
@@ -80,7 +106,7 @@ class PatchScorer(Scorer):
             is_anomalous = majority_vote(grid, threshold, self.config.majority_fraction, ignore)[0]
         return AnomalyResult(
             is_anomalous=is_anomalous,
-            score=image_score(grid),
+            score=max([image_score(grid)] + [image_score(g) for _, g in view_grids]),
             threshold=threshold,
             score_map=score_map,
             mask=mask,

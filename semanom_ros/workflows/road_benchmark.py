@@ -1,0 +1,426 @@
+"""Road-anomaly benchmark: K-fold cross-image evaluation on a labelled anomaly set (semanom-eval --road-anomaly).
+
+Layout (Fishyscapes Lost & Found, SMIYC RoadObstacle21 and others): ``images/<name>.png|jpg|webp`` and
+``labels_masks/<name>.png`` with 0 = in-distribution, 1 = anomaly, 255 = void (ignored).
+
+Protocol: images in natural name order, fold = index mod K. For each fold the bank is the patches
+(full frame and crop views) of the other folds' images that are entirely in-distribution (no
+anomaly or void pixel), each image its own source; the threshold is calibrated as
+``semanom-bank build`` does with several sources (each bank image scored against the bank without
+itself, alpha-quantile of the patch scores); then each image of the fold is scored and thresholded
+like a live frame (score map, components, min area).
+
+Every image's patches are searched once against every other image's bank patches (top-k per image
+pair); a fold's k nearest neighbours are the best k of its allowed images' lists, which is exactly
+the k-NN over that fold's bank. So K folds cost one search per image instead of K banks' worth.
+The report's ``engine_check`` scores images of fold 0 through a :class:`Monitor` on that fold's
+bank and gives the largest score difference to the protocol's maps (float16 rounding, ~1e-3).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import cv2
+import numpy as np
+import torch
+
+from semanom_ros.core.bank.store import NominalBank
+from semanom_ros.core.config import PipelineConfig
+from semanom_ros.core.features import FeatureExtractor, Features, patch_mask_from_pixels
+from semanom_ros.core.maps import fuse_view_scores, threshold_components, upsample_scores
+from semanom_ros.core.monitor import Monitor
+from semanom_ros.core.scoring import (
+    calibration_from_scores,
+    clip_normalized,
+    grid_from_scores,
+    median_normalized_grids,
+    subtract_frame_median,
+)
+from semanom_ros.core.threads import configure_threads
+from semanom_ros.io.frame_types import natural_key
+
+from .eval_data import EvalDataError
+from .eval_metrics import pixel_metrics
+from .report_files import write_json, write_text_atomic
+from .road_metrics import VOID_LABEL, ComponentMetrics, frame_outcome
+
+__all__ = ["RoadImage", "RoadBenchmarkOptions", "read_road_anomaly_set", "read_label_mask", "run_road_benchmark"]
+
+ROAD_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class RoadImage:
+    """One labelled frame of a road-anomaly set."""
+
+    name: str
+    image: Path
+    labels: Path
+
+
+def read_road_anomaly_set(root: str | Path, max_images: int | None = None) -> list[RoadImage]:
+    """The images of ``root``/images with their ``root``/labels_masks/<name>.png, in natural name order."""
+    root = Path(root)
+    images, labels = root / "images", root / "labels_masks"
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise EvalDataError(
+                f"--road-anomaly {root}: no folder {folder.name}/ (expected images/ and labels_masks/ with "
+                "0 = in-distribution, 1 = anomaly, 255 = void)"
+            )
+    files = sorted(
+        (p for p in images.iterdir() if p.suffix.lower() in ROAD_IMAGE_EXTENSIONS and not p.name.startswith(".")),
+        key=lambda p: natural_key(p.name),
+    )
+    out = []
+    for path in files:
+        label = labels / f"{path.stem}.png"
+        if not label.is_file():
+            raise EvalDataError(f"--road-anomaly {root}: image {path.name} has no label mask {label}")
+        out.append(RoadImage(path.stem, path, label))
+    if len(out) < 2:
+        raise EvalDataError(f"--road-anomaly {root}: {len(out)} labelled image(s); the protocol needs at least 2")
+    return out[:max_images] if max_images else out
+
+
+def read_label_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 labels 0 / 1 / 255 of a frame of ``shape``; EvalDataError naming the file otherwise."""
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise EvalDataError(f"label mask {path}: not a readable image")
+    if labels.ndim == 3:
+        labels = labels[..., 0]
+    if labels.shape != shape:
+        raise EvalDataError(
+            f"label mask {path}: {labels.shape[1]}x{labels.shape[0]}, its image is {shape[1]}x{shape[0]}"
+        )
+    values = np.unique(labels)
+    unknown = sorted(set(values.tolist()) - {0, 1, VOID_LABEL})
+    if unknown:
+        raise EvalDataError(
+            f"label mask {path}: values {unknown[:5]} besides 0 (in-distribution), 1 (anomaly), 255 (void)"
+        )
+    return labels.astype(np.uint8)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    data = np.fromfile(path, dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise EvalDataError(f"image {path}: not a decodable image")
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+@dataclass
+class RoadBenchmarkOptions:
+    """How the benchmark samples and counts (the pipeline itself is a PipelineConfig)."""
+
+    folds: int = 5
+    bank_fraction: float = 1.0  # random share of each image's bank patches (cost), seeded per image
+    pixel_stride: int = 4  # pixel metrics on every n-th pixel in x and y
+    void_fraction: float = 0.5  # a component at least this much in the void is not a false component
+    engine_check_images: int = 2
+    max_images: int | None = None
+    keep_maps: bool = False  # keep every score map in the result (tests)
+    progress: bool = True
+
+    def validate(self) -> "RoadBenchmarkOptions":
+        if not 2 <= int(self.folds) <= 100:
+            raise EvalDataError(f"--folds {self.folds}: must be from 2 to 100")
+        if not 0.0 < float(self.bank_fraction) <= 1.0:
+            raise EvalDataError(f"--bank-fraction {self.bank_fraction}: must be in (0, 1]")
+        if int(self.pixel_stride) < 1:
+            raise EvalDataError(f"--pixel-stride {self.pixel_stride}: must be >= 1")
+        return self
+
+
+@dataclass
+class _ImageData:
+    name: str
+    image_size: tuple[int, int]
+    boxes: list[tuple[int, int, int, int]]  # full frame first, then the crop views
+    grids: list[tuple[int, int]]
+    queries: torch.Tensor  # (P, D) all views' patches
+    bank_rows: np.ndarray  # rows of ``queries`` that go into a bank
+    bank: torch.Tensor  # (B, D) those rows, float16-rounded like a saved bank
+    forward_ms: float
+    table: np.ndarray | None = None  # (P, n_images, k) best similarities in each other image's bank patches
+
+
+@dataclass
+class _Progress:
+    enabled: bool
+    wrap: Callable[..., Iterable[Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.wrap = lambda items, desc: tqdm(items, desc=desc, unit="img")
+        else:
+            self.wrap = lambda items, desc: items
+
+
+def _embed(extractor: FeatureExtractor, item: RoadImage, index: int, options: RoadBenchmarkOptions
+           ) -> tuple[_ImageData, np.ndarray]:
+    rgb = read_rgb(item.image)
+    labels = read_label_mask(item.labels, rgb.shape[:2])
+    t0 = time.perf_counter()
+    feats = extractor.extract(rgb)
+    forward_ms = (time.perf_counter() - t0) * 1e3
+    height, width = rgb.shape[:2]
+    parts = [((0, height, 0, width), feats.patches)] + [(v.box, v.patches) for v in feats.views]
+    not_nominal = labels != 0
+    queries, bank_rows, boxes, grids, offset = [], [], [], [], 0
+    rng = np.random.default_rng(index)
+    for (top, bottom, left, right), patches in parts:
+        h, w, d = patches.shape
+        # As a bank build with a per-frame ignore mask (label != 0) and ignore_patch_fraction 0.
+        excluded = patch_mask_from_pixels(not_nominal[top:bottom, left:right], (h, w), 0.0).reshape(-1)
+        rows = np.flatnonzero(~excluded)
+        if options.bank_fraction < 1.0:
+            rows = rows[rng.random(len(rows)) < options.bank_fraction]
+        queries.append(np.asarray(patches, np.float32).reshape(h * w, d))
+        bank_rows.append(rows + offset)
+        boxes.append((top, bottom, left, right))
+        grids.append((h, w))
+        offset += h * w
+    q = torch.from_numpy(np.concatenate(queries))
+    rows = np.concatenate(bank_rows)
+    bank = q[torch.from_numpy(rows)].to(torch.float16).to(torch.float32)
+    return _ImageData(item.name, (height, width), boxes, grids, q, rows, bank, forward_ms), labels
+
+
+def _pair_tables(data: list[_ImageData], k: int, progress: _Progress) -> None:
+    """Each image's best ``k`` similarities in every other image's bank patches (-inf: none / itself)."""
+    for i in progress.wrap(range(len(data)), "search"):
+        query = data[i].queries
+        table = np.full((len(query), len(data), k), -np.inf, np.float32)
+        for j, other in enumerate(data):
+            if j == i or len(other.bank) == 0:
+                continue
+            sims = query @ other.bank.T
+            kk = min(k, sims.shape[1])
+            table[:, j, :kk] = torch.topk(sims, kk, dim=1).values.numpy()
+        data[i].table = table
+
+
+def _knn_scores(table: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
+    """1 - mean of the k best similarities among the allowed images' lists (2.0 where none)."""
+    sims = table[:, allowed, :].reshape(len(table), -1)
+    if sims.shape[1] == 0:
+        return np.full(len(table), 2.0, np.float32)
+    kk = min(k, sims.shape[1])
+    top = -np.partition(-sims, kk - 1, axis=1)[:, :kk]
+    scores = 1.0 - top.mean(axis=1)
+    return np.where(np.isfinite(scores), scores, 2.0).astype(np.float32)
+
+
+def _view_grids(item: _ImageData, scores: np.ndarray, config: PipelineConfig) -> list[np.ndarray]:
+    """Per-view score grids as :class:`PatchScorer` makes them from the same raw scores."""
+    raw, offset = [], 0
+    for h, w in item.grids:
+        raw.append(scores[offset : offset + h * w])
+        offset += h * w
+    if len(item.grids) > 1 and config.score_normalization == "median":
+        smoothed = [grid_from_scores(r, g, None, config.score_smoothing_sigma) for r, g in zip(raw, item.grids)]
+        return median_normalized_grids([(g, None) for g in smoothed])
+    return [
+        grid_from_scores(r, g, None, config.score_smoothing_sigma, config.score_normalization)
+        for r, g in zip(raw, item.grids)
+    ]
+
+
+def _score_map(item: _ImageData, grids: list[np.ndarray]) -> np.ndarray:
+    score_map = upsample_scores(grids[0], item.image_size)
+    return fuse_view_scores(score_map, list(zip(item.boxes[1:], grids[1:])))
+
+
+def _fold_threshold(data: list[_ImageData], allowed: np.ndarray, config: PipelineConfig) -> float:
+    """Source-holdout calibration of the fold's bank: each bank image against the others."""
+    image_scores, patch_scores = [], []
+    for b in allowed:
+        item = data[b]
+        if len(item.bank_rows) == 0:
+            continue
+        others = allowed[allowed != b]
+        scores = _knn_scores(item.table[item.bank_rows], others, config.k)
+        if config.score_normalization == "median":  # as leave_one_out_scores normalises a bank frame
+            scores = clip_normalized(subtract_frame_median(scores, scores < 2.0), "median")
+        patch_scores.append(scores[scores < 2.0])
+        image_scores.append(float(scores.max()))
+    calibration = calibration_from_scores(
+        np.asarray(image_scores, np.float32), np.concatenate(patch_scores), alpha=config.alpha,
+        level=config.calibration_level, k=config.k, smoothing_sigma=config.score_smoothing_sigma,
+        method="road benchmark fold", normalization=config.score_normalization,
+    )
+    return float(calibration["threshold"])
+
+
+def run_road_benchmark(
+    config: PipelineConfig,
+    root: str | Path,
+    output: str | Path | None,
+    options: RoadBenchmarkOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the K-fold protocol on the set in ``root``; writes report.json and report.md to ``output``."""
+    options = (options or RoadBenchmarkOptions()).validate()
+    config = config.replace(threshold=None).validate()
+    if config.mode != "patch":
+        raise EvalDataError(f"--road-anomaly scores patches; mode {config.mode!r} is not supported")
+    configure_threads(config.num_threads)
+    started = time.perf_counter()
+    items = read_road_anomaly_set(root, options.max_images)
+    progress = _Progress(options.progress)
+    extractor = FeatureExtractor.from_config(config)
+    data, label_maps = [], []
+    for index, item in enumerate(progress.wrap(items, "embed")):
+        image_data, labels = _embed(extractor, item, index, options)
+        data.append(image_data)
+        label_maps.append(labels)
+    _pair_tables(data, config.k, progress)
+    n, folds = len(data), int(options.folds)
+    fold_of = np.arange(n) % folds
+    thresholds: list[float] = []
+    pix_scores, pix_labels, outcomes, maps = [], [], [], {}
+    components = ComponentMetrics()
+    score_ms = []
+    for fold in range(folds):
+        allowed = np.flatnonzero(fold_of != fold)
+        threshold = _fold_threshold(data, allowed, config)
+        thresholds.append(threshold)
+        for i in np.flatnonzero(fold_of == fold):
+            t0 = time.perf_counter()
+            item, labels = data[i], label_maps[i]
+            score_map = _score_map(item, _view_grids(item, _knn_scores(item.table, allowed, config.k), config))
+            mask, component_labels, _ = threshold_components(score_map, threshold, config.min_component_area_px)
+            score_ms.append((time.perf_counter() - t0) * 1e3)
+            stride = options.pixel_stride
+            sub_labels, sub_scores = labels[::stride, ::stride], score_map[::stride, ::stride]
+            valid = sub_labels != VOID_LABEL
+            pix_scores.append(sub_scores[valid])
+            pix_labels.append(sub_labels[valid] == 1)
+            components.add(mask, labels)
+            outcomes.append((item.name, fold, threshold, float(score_map.max()),
+                             frame_outcome(component_labels, labels, options.void_fraction)))
+            if options.keep_maps:
+                maps[item.name] = score_map
+    report = _report(config, options, root, data, thresholds, pix_scores, pix_labels, components, outcomes)
+    report["engine_check"] = _engine_check(config, extractor, items, data, fold_of, thresholds[0], options)
+    report["timings"] = {
+        "forward_ms_median": float(np.median([d.forward_ms for d in data])),
+        "protocol_map_ms_median": float(np.median(score_ms)),
+        "engine_score_ms_median": report["engine_check"].get("score_ms_median"),
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    if options.keep_maps:
+        report["score_maps"] = maps
+    if output is not None:
+        _write(report, Path(output))
+    extractor.release()
+    return report
+
+
+def _report(config: PipelineConfig, options: RoadBenchmarkOptions, root: Any, data: list[_ImageData],
+            thresholds: list[float], pix_scores: list[np.ndarray], pix_labels: list[np.ndarray],
+            components: ComponentMetrics, outcomes: list[tuple[str, int, float, float, Any]]) -> dict[str, Any]:
+    pixels = pixel_metrics(np.concatenate(pix_labels).astype(np.int8), np.concatenate(pix_scores))
+    anomalous = [o for *_, o in outcomes if o.has_anomaly]
+    frames = {
+        "n_frames": len(outcomes),
+        "anomalous_frames": len(anomalous),
+        "frames_hit": sum(o.hit for o in anomalous),
+        "frames_with_false_component": sum(o.false_components > 0 for *_, o in outcomes),
+        "frames_with_void_component": sum(o.void_components > 0 for *_, o in outcomes),
+    }
+    frames["hit_rate"] = frames["frames_hit"] / max(frames["anomalous_frames"], 1)
+    frames["false_component_rate"] = frames["frames_with_false_component"] / max(frames["n_frames"], 1)
+    return {
+        "protocol": {
+            "data": str(root),
+            "folds": int(options.folds),
+            "fold_rule": "image index (natural name order) mod folds",
+            "bank": "patches entirely label 0 of the other folds' images, each image its own source",
+            "bank_fraction": options.bank_fraction,
+            "calibration": "each bank image against the others (source holdout), alpha-quantile of patch scores",
+            "pixel_stride": options.pixel_stride,
+            "void_fraction": options.void_fraction,
+        },
+        "config": config.to_dict(),
+        "bank_vectors_per_image_mean": float(np.mean([len(d.bank) for d in data])),
+        "thresholds": thresholds,
+        "pixel": {k: pixels.get(k) for k in ("auroc", "ap", "fpr_at_95_tpr", "n_pixels", "n_anomalous_pixels")},
+        "components": components.result(),
+        "frames": frames,
+        "per_image": [
+            {"name": name, "fold": fold, "threshold": thr, "max_score": peak, "anomalous": o.has_anomaly,
+             "hit": o.hit, "false_components": o.false_components, "void_components": o.void_components}
+            for name, fold, thr, peak, o in outcomes
+        ],
+    }
+
+
+def _engine_check(config: PipelineConfig, extractor: FeatureExtractor, items: list[RoadImage],
+                  data: list[_ImageData], fold_of: np.ndarray, threshold: float,
+                  options: RoadBenchmarkOptions) -> dict[str, Any]:
+    """Score a few fold-0 images through a Monitor on fold 0's bank: the protocol's maps must agree."""
+    test = np.flatnonzero(fold_of == 0)[: options.engine_check_images]
+    if len(test) == 0:
+        return {}
+    bank = NominalBank(extractor.signature(), kind="patch", config=config.to_dict())
+    for b in np.flatnonzero(fold_of != 0):
+        if len(data[b].bank):
+            bank.add_frame(data[b].bank.numpy(), source=data[b].name, index=int(b))
+    monitor = Monitor(config.replace(threshold=threshold), bank, extractor=extractor)
+    allowed = np.flatnonzero(fold_of != 0)
+    diffs, ms = [], []
+    for i in test:
+        features: Features = extractor.extract(read_rgb(items[i].image))
+        t0 = time.perf_counter()
+        result = monitor.score_features(features)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        expected = _score_map(data[i], _view_grids(data[i], _knn_scores(data[i].table, allowed, config.k), config))
+        diffs.append(float(np.abs(result.score_map - expected).max()))
+    return {"images": len(test), "max_abs_score_diff": max(diffs), "score_ms_median": float(np.median(ms))}
+
+
+def _write(report: dict[str, Any], output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    serialisable = {k: v for k, v in report.items() if k != "score_maps"}
+    write_json(serialisable, output / "report.json")
+    write_text_atomic(output / "report.md", road_summary_markdown(serialisable))
+
+
+def road_summary_markdown(report: dict[str, Any]) -> str:
+    """The report as a short Markdown table (one row, the benchmark's columns)."""
+    px, comp, fr, tm = report["pixel"], report["components"], report["frames"], report["timings"]
+    cfg = report["config"]
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    views = cfg.get("crop_views") or []
+    row = (
+        f"| {cfg['input_height']} layer {cfg.get('feature_layer', 0)} k{cfg['k']} views {len(views)} "
+        f"alpha {cfg['alpha']} | {f(px['ap'])} | {f(px['auroc'])} | {f(px['fpr_at_95_tpr'])} | {f(comp['siou'])} | "
+        f"{f(comp['ppv'])} | {f(comp['mean_f1'])} | {fr['frames_hit']}/{fr['anomalous_frames']} | "
+        f"{fr['frames_with_false_component']}/{fr['n_frames']} | "
+        f"{tm['forward_ms_median'] + (tm['engine_score_ms_median'] or 0):.0f} |"
+    )
+    return "\n".join([
+        f"# Road-anomaly benchmark: {report['protocol']['data']}",
+        "",
+        f"{report['protocol']['folds']}-fold cross-image protocol (see docs/evaluation.md); thresholds per fold: "
+        + ", ".join(f"{t:.4f}" for t in report["thresholds"]),
+        "",
+        "| config | AP | AUROC | FPR95 | sIoU | PPV | mean F1 | frames hit | frames w/ false comp. | ms/frame |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        row,
+        "",
+        f"Engine check: {report['engine_check']}",
+        "",
+    ])
