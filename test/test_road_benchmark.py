@@ -19,6 +19,7 @@ from semanom_ros.tools.evaluate import main as eval_main
 from semanom_ros.workflows.eval_data import EvalDataError
 from semanom_ros.workflows.road_benchmark import RoadBenchmarkOptions, read_label_mask, run_road_benchmark
 from semanom_ros.workflows.road_metrics import ComponentMetrics, frame_outcome
+from semanom_ros.workflows.settings import config_from_bank
 
 ROAD_VIEW = [0.3, 1.0, 0.1, 0.9]
 
@@ -202,6 +203,7 @@ def test_feature_layer_is_that_blocks_output_and_part_of_the_signature(tmp_path,
     builder.calibrate()
     path = builder.bank.save(tmp_path / "bank")
     assert json.loads((path / "manifest.json").read_text())["model"]["feature_layer"] == 1
+    assert config_from_bank(path).feature_layer == 1  # node, eval and replay follow the bank
     with pytest.raises(BankMismatchError, match="block-1 vectors, the pipeline uses last-layer"):
         Monitor(cfg.replace(feature_layer=0), path)
     with pytest.raises(Exception, match="feature_layer 9: .* has 2 blocks"):
@@ -225,3 +227,19 @@ def test_crop_views_validate_and_fuse_by_maximum(tiny_model):
     builder = PatchBankBuilder(cfg, extractor)
     builder.add_all(SimpleNamespace(rgb=textured_frame(s), source="a", index=s, stamp_ns=s) for s in range(3))
     assert len(builder.bank) == 3 * feats.num_patches  # the views' patches join the frame's
+    builder.calibrate()
+    assert config_from_bank(builder.bank).crop_views == [ROAD_VIEW]
+
+
+def test_bank_cli_builds_with_a_feature_layer_and_crop_views(tmp_path, tiny_model):
+    from semanom_ros.tools.bank_cli import main as bank_main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for s in range(4):
+        cv2.imwrite(str(frames / f"{s:04d}.png"), textured_frame(s)[..., ::-1])
+    rc = bank_main(["build", str(frames), "-o", str(tmp_path / "bank"), "--model", tiny_model, "--input-height", "56",
+                    "--feature-layer", "1", "--crop-view", "0.3,1,0.1,0.9", "--window", "0", "--no-progress"])
+    assert rc == 0
+    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    assert manifest["model"]["feature_layer"] == 1 and manifest["config"]["crop_views"] == [ROAD_VIEW]

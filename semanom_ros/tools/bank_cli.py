@@ -40,6 +40,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _box(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TOP,BOTTOM,LEFT,RIGHT (four fractions of the frame)")
+    return values
+
+
 def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--alpha", type=float,
@@ -90,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", help="DINOv2 hub id or local folder (default facebook/dinov2-small)")
     m.add_argument("--input-height", type=int, dest="input_height",
                    help="backbone input height in pixels (default 224)")
+    m.add_argument("--feature-layer", type=int, dest="feature_layer",
+                   help="backbone block whose output is the patch vector (default 0 = the last hidden state; "
+                   "11 of DINOv2-S finds small road obstacles better)")
+    m.add_argument("--crop-view", action="append", type=_box, dest="crop_views", metavar="TOP,BOTTOM,LEFT,RIGHT",
+                   help="an extra view of each frame, a crop box in fractions of the frame (repeatable), e.g. "
+                   "0.375,1,0.125,0.875 for the road ahead at a finer scale")
     m.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     m.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
     m.add_argument("--batch-size", type=_positive_int, dest="batch_size", help="frames per forward pass (default 8)")
@@ -224,8 +240,8 @@ def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
     from semanom_ros.workflows.settings import resolve_build_settings
 
     pipeline = _overrides(
-        args, ("model", "input_height", "device", "dtype", "batch_size", "num_threads", "mode", "ignore_mask",
-               "index_type", "nprobe", *_CAL_FIELDS)
+        args, ("model", "input_height", "feature_layer", "crop_views", "device", "dtype", "batch_size", "num_threads",
+               "mode", "ignore_mask", "index_type", "nprobe", *_CAL_FIELDS)
     )
     options = _overrides(
         args, ("topic", "start_s", "end_s", "stride", "min_interval_s", "dedup_similarity", "max_frames", "fps",
