@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     road.add_argument("--bank-fraction", type=float, default=1.0,
                       help="random share of each image's bank patches (seeded; < 1 to save time, default 1)")
     road.add_argument("--config", help="pipeline settings YAML (default: the package defaults)")
+    road.add_argument("--cache", metavar="DIR", help="keep embeddings and search tables here: a rerun that "
+                      "changes only alpha, min area, normalisation or folds skips the backbone and the search")
     road.add_argument("--feature-layer", type=int, help="backbone block whose output is the patch vector "
                       "(0 = last hidden state)")
     road.add_argument("--crop-view", action="append", metavar="TOP,BOTTOM,LEFT,RIGHT",
@@ -230,8 +232,12 @@ def road_anomaly_main(args: argparse.Namespace, overrides: dict[str, Any]) -> in
         cfg = cfg.replace(**changes).validate()
         options = RoadBenchmarkOptions(
             folds=args.folds, bank_fraction=args.bank_fraction, pixel_stride=args.pixel_stride,
-            max_images=args.max_frames, progress=not args.no_progress,
+            max_images=args.max_frames, progress=not args.no_progress, cache_dir=args.cache,
         )
+        if args.alphas:
+            options.alphas = tuple(args.alphas)
+        if args.min_areas:
+            options.min_areas = tuple(args.min_areas)
         report = run_road_benchmark(cfg, args.road_anomaly, args.output, options)
     except (SemanomError, EvalDataError, OSError) as exc:
         return _fail(exc)

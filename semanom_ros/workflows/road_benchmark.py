@@ -18,6 +18,9 @@ bank and gives the largest score difference to the protocol's maps (float16 roun
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +129,9 @@ class RoadBenchmarkOptions:
     max_images: int | None = None
     keep_maps: bool = False  # keep every score map in the result (tests)
     progress: bool = True
+    cache_dir: str | Path | None = None  # embeddings and search tables, reused by runs that differ only downstream
+    alphas: tuple[float, ...] = (0.99, 0.995, 0.999, 0.9995)  # operating-point sweep
+    min_areas: tuple[int, ...] = (100, 250, 500, 1000)
 
     def validate(self) -> "RoadBenchmarkOptions":
         if not 2 <= int(self.folds) <= 100:
@@ -164,15 +170,55 @@ class _Progress:
             self.wrap = lambda items, desc: items
 
 
-def _embed(extractor: FeatureExtractor, item: RoadImage, index: int, options: RoadBenchmarkOptions
-           ) -> tuple[_ImageData, np.ndarray]:
-    rgb = read_rgb(item.image)
-    labels = read_label_mask(item.labels, rgb.shape[:2])
+class _Cache:
+    """Embeddings and search tables on disk, keyed by what they depend on (model, size, layer, views, ...)."""
+
+    def __init__(self, options: RoadBenchmarkOptions, extractor: FeatureExtractor, config: PipelineConfig) -> None:
+        self.root = Path(options.cache_dir) if options.cache_dir else None
+        features_key = json.dumps([extractor.fingerprint, extractor.input_height, extractor.width_cap,
+                                   config.feature_layer, config.crop_views])
+        self.features_key = hashlib.blake2b(features_key.encode(), digest_size=8).hexdigest()
+        self.table_key = hashlib.blake2b(
+            json.dumps([self.features_key, options.bank_fraction, config.k]).encode(), digest_size=8).hexdigest()
+
+    def path(self, kind: str, name: str) -> Path | None:
+        if self.root is None:
+            return None
+        key = self.features_key if kind == "features" else self.table_key
+        folder = self.root / f"{kind}-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{name}.npz"
+
+    @staticmethod
+    def save(path: Path | None, **arrays: Any) -> None:
+        if path is not None:
+            tmp = path.with_name(f".{path.stem}.tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+
+
+def _extract_parts(extractor: FeatureExtractor, rgb: np.ndarray, cache_file: Path | None
+                   ) -> tuple[list[tuple[tuple[int, int, int, int], np.ndarray]], float]:
+    if cache_file is not None and cache_file.is_file():
+        z = np.load(cache_file)
+        boxes = [tuple(int(v) for v in b) for b in z["boxes"]]
+        return [(box, z[f"view{i}"]) for i, box in enumerate(boxes)], float(z["forward_ms"])
     t0 = time.perf_counter()
     feats = extractor.extract(rgb)
     forward_ms = (time.perf_counter() - t0) * 1e3
     height, width = rgb.shape[:2]
     parts = [((0, height, 0, width), feats.patches)] + [(v.box, v.patches) for v in feats.views]
+    _Cache.save(cache_file, boxes=np.asarray([b for b, _ in parts]), forward_ms=forward_ms,
+                **{f"view{i}": np.asarray(p, np.float32) for i, (_, p) in enumerate(parts)})
+    return parts, forward_ms
+
+
+def _embed(extractor: FeatureExtractor, item: RoadImage, index: int, options: RoadBenchmarkOptions,
+           cache: _Cache) -> tuple[_ImageData, np.ndarray]:
+    rgb = read_rgb(item.image)
+    labels = read_label_mask(item.labels, rgb.shape[:2])
+    parts, forward_ms = _extract_parts(extractor, rgb, cache.path("features", item.name))
+    height, width = rgb.shape[:2]
     not_nominal = labels != 0
     queries, bank_rows, boxes, grids, offset = [], [], [], [], 0
     rng = np.random.default_rng(index)
@@ -194,9 +240,16 @@ def _embed(extractor: FeatureExtractor, item: RoadImage, index: int, options: Ro
     return _ImageData(item.name, (height, width), boxes, grids, q, rows, bank, forward_ms), labels
 
 
-def _pair_tables(data: list[_ImageData], k: int, progress: _Progress) -> None:
+def _pair_tables(data: list[_ImageData], k: int, progress: _Progress, cache: _Cache) -> None:
     """Each image's best ``k`` similarities in every other image's bank patches (-inf: none / itself)."""
+    names = json.dumps([d.name for d in data])
     for i in progress.wrap(range(len(data)), "search"):
+        cache_file = cache.path("table", data[i].name)
+        if cache_file is not None and cache_file.is_file():
+            z = np.load(cache_file)
+            if str(z["names"]) == names:  # the same image set (--max-images changes it)
+                data[i].table = z["table"]
+                continue
         query = data[i].queries
         table = np.full((len(query), len(data), k), -np.inf, np.float32)
         for j, other in enumerate(data):
@@ -206,6 +259,7 @@ def _pair_tables(data: list[_ImageData], k: int, progress: _Progress) -> None:
             kk = min(k, sims.shape[1])
             table[:, j, :kk] = torch.topk(sims, kk, dim=1).values.numpy()
         data[i].table = table
+        _Cache.save(cache_file, table=table, names=np.asarray(names))
 
 
 def _knn_scores(table: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
@@ -239,8 +293,9 @@ def _score_map(item: _ImageData, grids: list[np.ndarray]) -> np.ndarray:
     return fuse_view_scores(score_map, list(zip(item.boxes[1:], grids[1:])))
 
 
-def _fold_threshold(data: list[_ImageData], allowed: np.ndarray, config: PipelineConfig) -> float:
-    """Source-holdout calibration of the fold's bank: each bank image against the others."""
+def _fold_calibration_scores(data: list[_ImageData], allowed: np.ndarray, config: PipelineConfig
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Source-holdout calibration scores of the fold's bank: each bank image against the others."""
     image_scores, patch_scores = [], []
     for b in allowed:
         item = data[b]
@@ -252,10 +307,14 @@ def _fold_threshold(data: list[_ImageData], allowed: np.ndarray, config: Pipelin
             scores = clip_normalized(subtract_frame_median(scores, scores < 2.0), "median")
         patch_scores.append(scores[scores < 2.0])
         image_scores.append(float(scores.max()))
+    return np.asarray(image_scores, np.float32), np.concatenate(patch_scores)
+
+
+def _threshold_at(scores: tuple[np.ndarray, np.ndarray], config: PipelineConfig, alpha: float) -> float:
     calibration = calibration_from_scores(
-        np.asarray(image_scores, np.float32), np.concatenate(patch_scores), alpha=config.alpha,
-        level=config.calibration_level, k=config.k, smoothing_sigma=config.score_smoothing_sigma,
-        method="road benchmark fold", normalization=config.score_normalization,
+        scores[0], scores[1], alpha=alpha, level=config.calibration_level, k=config.k,
+        smoothing_sigma=config.score_smoothing_sigma, method="road benchmark fold",
+        normalization=config.score_normalization,
     )
     return float(calibration["threshold"])
 
@@ -278,20 +337,24 @@ def run_road_benchmark(
     progress = _Progress(options.progress)
     extractor = FeatureExtractor.from_config(config)
     data, label_maps = [], []
+    cache = _Cache(options, extractor, config)
     for index, item in enumerate(progress.wrap(items, "embed")):
-        image_data, labels = _embed(extractor, item, index, options)
+        image_data, labels = _embed(extractor, item, index, options, cache)
         data.append(image_data)
         label_maps.append(labels)
-    _pair_tables(data, config.k, progress)
+    _pair_tables(data, config.k, progress, cache)
     n, folds = len(data), int(options.folds)
     fold_of = np.arange(n) % folds
     thresholds: list[float] = []
     pix_scores, pix_labels, outcomes, maps = [], [], [], {}
     components = ComponentMetrics()
     score_ms = []
+    sweep = {(a, m): [0, 0] for a in options.alphas for m in options.min_areas}  # (hits, frames w/ false comp.)
     for fold in range(folds):
         allowed = np.flatnonzero(fold_of != fold)
-        threshold = _fold_threshold(data, allowed, config)
+        calibration_scores = _fold_calibration_scores(data, allowed, config)
+        threshold = _threshold_at(calibration_scores, config, config.alpha)
+        sweep_thresholds = {a: _threshold_at(calibration_scores, config, a) for a in options.alphas}
         thresholds.append(threshold)
         for i in np.flatnonzero(fold_of == fold):
             t0 = time.perf_counter()
@@ -309,7 +372,16 @@ def run_road_benchmark(
                              frame_outcome(component_labels, labels, options.void_fraction)))
             if options.keep_maps:
                 maps[item.name] = score_map
+            for (alpha, min_area), counts in sweep.items():
+                swept = frame_outcome(threshold_components(score_map, sweep_thresholds[alpha], min_area)[1], labels,
+                                      options.void_fraction)
+                counts[0] += swept.hit and swept.has_anomaly
+                counts[1] += swept.false_components > 0
     report = _report(config, options, root, data, thresholds, pix_scores, pix_labels, components, outcomes)
+    report["sweep"] = [
+        {"alpha": a, "min_area_px": m, "frames_hit": hits, "frames_with_false_component": false}
+        for (a, m), (hits, false) in sweep.items()
+    ]
     report["engine_check"] = _engine_check(config, extractor, items, data, fold_of, thresholds[0], options)
     report["timings"] = {
         "forward_ms_median": float(np.median([d.forward_ms for d in data])),
@@ -422,5 +494,12 @@ def road_summary_markdown(report: dict[str, Any]) -> str:
         row,
         "",
         f"Engine check: {report['engine_check']}",
+        "",
+        "Operating points (frames hit / frames with a false component):",
+        "",
+        "| alpha | min area px | frames hit | frames w/ false comp. |",
+        "|---|---|---|---|",
+        *(f"| {r['alpha']} | {r['min_area_px']} | {r['frames_hit']}/{fr['anomalous_frames']} | "
+          f"{r['frames_with_false_component']}/{fr['n_frames']} |" for r in report.get("sweep", [])),
         "",
     ])
