@@ -447,7 +447,8 @@ def _engine_check(config: PipelineConfig, extractor: FeatureExtractor, items: li
     for b in np.flatnonzero(fold_of != 0):
         if len(data[b].bank):
             bank.add_frame(data[b].bank.numpy(), source=data[b].name, index=int(b))
-    monitor = Monitor(config.replace(threshold=threshold), bank, extractor=extractor)
+    # Exact search, as the protocol's: an approximate index (auto above 50,000 vectors) would differ by its recall.
+    monitor = Monitor(config.replace(threshold=threshold, index_type="flat"), bank, extractor=extractor)
     allowed = np.flatnonzero(fold_of != 0)
     diffs, ms = [], []
     for i in test:
