@@ -263,7 +263,7 @@ class NominalBank:
         return bank
 
     def merge(self, other: "NominalBank", max_frames: int | None = None) -> None:
-        """Append every frame of ``other`` (or its first ``max_frames``); same model signature, else BankMismatchError."""
+        """Append every frame of ``other``, or its first ``max_frames`` (same signature, else BankMismatchError)."""
         check_signature(other.signature, self.signature, where="merged bank")
         if other.kind != self.kind:
             raise BankMismatchError(f"cannot merge a {other.kind!r} bank into a {self.kind!r} bank")
