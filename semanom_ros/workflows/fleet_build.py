@@ -322,6 +322,8 @@ def _run_shards(
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours below counts bags and frames across the cluster
+    # Ray Data's per-run INFO lines would break up that bar; its full logs stay in the session folder.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     items = [{"index": i, "source": paths[i], "shard": str(shards[i]), "key": keys[i]} for i in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # one read task per source
     ds = ds.map_batches(
