@@ -23,7 +23,9 @@ from semanom_ros.workflows.settings import BuildOptions
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pinned in requirements.txt: run 'make setup')")
 
-from semanom_ros.workflows.fleet_build import DONE_SUFFIX, FleetOptions, fleet_build  # noqa: E402
+from semanom_ros.workflows.fleet_build import (  # noqa: E402
+    DONE_SUFFIX, FleetOptions, build_shard, complete_shard, fleet_build, shard_key,
+)
 
 MCAP = shared_dir() / "data" / "highway" / "bag_mcap"
 H = 28
@@ -74,6 +76,42 @@ def _assert_same_bank(a: Path, b: Path) -> None:
     assert x.calibration["threshold"] == pytest.approx(y.calibration["threshold"], rel=1e-3)
     for key in ("alpha", "k", "window", "holdout", "level", "frames"):
         assert x.calibration.get(key) == y.calibration.get(key), key
+
+
+def test_shard_key_follows_what_goes_into_a_shard(tmp_path, tiny_model):
+    bag = _copy_bag(tmp_path / "drive")
+    config, options = _config(tiny_model), _options()
+    key = shard_key(str(bag), config, options)
+    assert shard_key(str(bag), config, _options()) == key
+    changed = {
+        "stride": shard_key(str(bag), config, _options(stride=6)),
+        "max_frames": shard_key(str(bag), config, _options(max_frames=31)),
+        "topic": shard_key(str(bag), config, _options(topic="/camera/image_raw")),
+        "input_height": shard_key(str(bag), PipelineConfig(**{**config.to_dict(), "input_height": 42}), options),
+        "model": shard_key(str(bag), PipelineConfig(**{**config.to_dict(), "model": str(tmp_path)}), options),
+    }
+    assert all(k != key for k in changed.values()), changed
+    # Calibration, search and speed settings act after the merge: the shards stay.
+    after_merge = PipelineConfig(**{**config.to_dict(), "alpha": 0.99, "calibration_window": 5, "batch_size": 1})
+    assert shard_key(str(bag), after_merge, options) == key
+    (bag / "metadata.yaml").write_text((bag / "metadata.yaml").read_text() + "\n")  # the bag changed
+    assert shard_key(str(bag), config, options) != key
+
+
+def test_complete_shard_needs_the_same_key_and_intact_files(tmp_path, tiny_model):
+    shard = tmp_path / "shard"
+    record = build_shard(str(MCAP), shard, "key-a", _config(tiny_model), _options(stride=30, calibrate=False))
+    assert record["ok"] and record["source"]["used"] == 5
+    assert complete_shard(shard, "key-a")["manifest_digest"] == record["manifest_digest"]
+    assert complete_shard(shard, "key-b") is None  # built with other arguments
+    vectors = shard / "embeddings.npy"
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte: the checksum no longer matches
+    vectors.write_bytes(bytes(data))
+    assert complete_shard(shard, "key-a") is None
+    failed = build_shard(str(tmp_path / "missing"), tmp_path / "shard2", "k", _config(tiny_model), _options())
+    assert not failed["ok"] and "does not exist" in failed["error"]
+    assert not (tmp_path / ("shard2" + DONE_SUFFIX)).exists()
 
 
 def test_ray_build_equals_single_process_build(tmp_path, bags, tiny_model, ray_cluster):

@@ -44,13 +44,23 @@ from .errors import BuildError
 from .settings import BuildOptions, absolute_paths
 from .sources import SourceSummary
 
-__all__ = ["FleetOptions", "FleetSummary", "fleet_build", "shard_key", "shard_name"]
+__all__ = [
+    "FleetOptions", "FleetSummary", "build_shard", "complete_shard", "fleet_build", "shard_key", "shard_name",
+]
 
 _log = logging.getLogger("semanom_ros.fleet")
 
 # Build options that change what goes into a shard (the rest act after the merge).
 SHARD_OPTION_KEYS = (
     "topic", "start_s", "end_s", "stride", "min_interval_s", "dedup_similarity", "max_frames", "fps", "masks", "stills",
+)
+# Pipeline settings that act only after the merge (search, scoring, calibration) or only on speed:
+# changing them keeps the shards.
+POST_MERGE_CONFIG_KEYS = (
+    "batch_size", "num_threads", "index_type", "index_auto_threshold", "index_nlist", "nprobe", "use_gpu_index",
+    "search_backend", "search_dtype", "search_memory_fraction", "k", "score_smoothing_sigma", "score_normalization",
+    "alpha", "calibration_level", "calibration_window", "calibration_holdout", "calibration_max_frames", "threshold",
+    "min_component_area_px", "overlay_alpha", "instance_bank", "instance_threshold",
 )
 DONE_SUFFIX = ".done.json"
 
@@ -126,7 +136,7 @@ def shard_key(source: str, config: PipelineConfig, options: BuildOptions) -> str
     record = {
         "source": source,
         "files": _files_of(Path(source)),
-        "config": config.to_dict(),
+        "config": {k: v for k, v in config.to_dict().items() if k not in POST_MERGE_CONFIG_KEYS},
         "options": {k: getattr(options, k) for k in SHARD_OPTION_KEYS},
     }
     text = json.dumps(record, sort_keys=True, default=str)
@@ -174,28 +184,37 @@ class _ShardWorker:
         out: dict[str, list[Any]] = {"index": [], "record": []}
         for index, source, shard, key in zip(batch["index"], batch["source"], batch["shard"], batch["key"]):
             out["index"].append(int(index))
-            out["record"].append(json.dumps(self._build(str(source), Path(str(shard)), str(key)), default=str))
+            record = build_shard(str(source), Path(str(shard)), str(key), self.config, self.options, self.extractor)
+            out["record"].append(json.dumps(record, default=str))
         return out
 
-    def _build(self, source: str, shard: Path, key: str) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        try:
-            summary = build_bank([source], shard, self.config, self.options, logger=_log, extractor=self.extractor)
-        except Exception as exc:  # noqa: BLE001 - a bag that fails is reported and left out, never fatal
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
-        record = {
-            "ok": True,
-            "key": key,
-            "source_path": source,
-            "manifest_digest": _manifest_digest(shard),
-            "source": summary.sources[0].to_dict(),
-            "embedded": summary.embedded,
-            "warnings": summary.warnings,
-            "seconds": time.perf_counter() - t0,
-            "embed_seconds": summary.seconds.get("embed", 0.0),
-        }
-        _write_json_atomic(shard.with_name(shard.name + DONE_SUFFIX), record)
-        return record
+
+def build_shard(
+    source: str, shard: Path, key: str, config: PipelineConfig, options: BuildOptions, extractor: Any = None
+) -> dict[str, Any]:
+    """Build one source's shard bank and its done record; never raises for a bad source.
+
+    Returns the record (``ok`` False with ``error`` when the source failed: nothing is marked done).
+    """
+    t0 = time.perf_counter()
+    shard.with_name(shard.name + DONE_SUFFIX).unlink(missing_ok=True)  # a rebuilt shard is not done until saved
+    try:
+        summary = build_bank([source], shard, config, options, logger=_log, extractor=extractor)
+    except Exception as exc:  # noqa: BLE001 - a bag that fails is reported and left out, never fatal
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
+    record = {
+        "ok": True,
+        "key": key,
+        "source_path": source,
+        "manifest_digest": _manifest_digest(shard),
+        "source": summary.sources[0].to_dict(),
+        "embedded": summary.embedded,
+        "warnings": summary.warnings,
+        "seconds": time.perf_counter() - t0,
+        "embed_seconds": summary.seconds.get("embed", 0.0),
+    }
+    _write_json_atomic(shard.with_name(shard.name + DONE_SUFFIX), record)
+    return record
 
 
 def _connect(fleet: FleetOptions) -> bool:
@@ -304,7 +323,7 @@ def fleet_build(
         if started:
             ray.shutdown()
 
-    bank = _merge_shards(paths, shards, records, summary, options, warnings)
+    bank = _merge_shards(paths, shards, records, summary, config, options)
     finish_build(bank, output, config, options, summary, warnings, progress_enabled(options.progress))
     summary.size_bytes = directory_size(output)
     summary.seconds["total"] = time.perf_counter() - t_start
@@ -361,7 +380,7 @@ def _run_shards(
 
 def _merge_shards(
     paths: list[str], shards: list[Path], records: dict[int, dict[str, Any]], summary: FleetSummary,
-    options: BuildOptions, warnings: CountingLogger,
+    config: PipelineConfig, options: BuildOptions,
 ) -> NominalBank:
     """The shards joined in source order (the single-process build's order), ``max_frames`` from the front."""
     failed = {item["path"]: item["error"] for item in summary.failed}
@@ -374,7 +393,8 @@ def _merge_shards(
         summary.sources.append(source)
         shard = NominalBank.load(shards[i])
         if bank is None:
-            bank = NominalBank(shard.signature, kind=shard.kind, config=shard.config)
+            # This run's config: shards kept from a run with other calibration settings record those.
+            bank = NominalBank(shard.signature, kind=shard.kind, config=config.to_dict())
             bank.extra = {k: v for k, v in shard.extra.items() if k not in ("builds", "coreset")}
         room = None if options.max_frames is None else max(0, options.max_frames - summary.frames_used)
         before = (bank.num_frames, len(bank))
