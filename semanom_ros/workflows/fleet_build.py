@@ -37,6 +37,7 @@ import numpy as np
 from semanom_ros.core.bank import MANIFEST, NominalBank
 from semanom_ros.core.config import PipelineConfig
 from semanom_ros.core.errors import SemanomError
+from semanom_ros.io.bags import is_bag_path
 
 from .bank_ops import check_output, directory_size, progress_bar, progress_enabled
 from .build_bank import BuildSummary, CountingLogger, build_bank, finish_build
@@ -387,7 +388,8 @@ def _merge_shards(
     bank: NominalBank | None = None
     for i, path in enumerate(paths):
         if i not in records:
-            summary.sources.append(SourceSummary(path=path, kind="bag", error=failed.get(path, "failed")))
+            kind = "bag" if is_bag_path(Path(path)) else "folder"
+            summary.sources.append(SourceSummary(path=path, kind=kind, error=failed.get(path, "failed")))
             continue
         source = SourceSummary(**records[i]["source"])
         summary.sources.append(source)
