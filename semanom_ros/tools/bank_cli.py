@@ -152,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the coreset's first centre and projection")
     o.add_argument("--no-calibrate", action="store_true", help="save without a threshold (calibrate later)")
     _add_calibration_flags(b)
+    r = b.add_argument_group("fleet build on a Ray cluster (docs/fleet.md)")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="build one shard per source on Ray, then merge; ADDRESS: host:6379, ray://host:10001 or "
+                   "auto (the cluster on this machine); none: RAY_ADDRESS, else a new local cluster")
+    r.add_argument("--ray-workers", type=_positive_int, dest="ray_workers", metavar="N",
+                   help="embedding actors (default: one per GPU, else one per 2 CPUs)")
+    r.add_argument("--ray-gpus-per-worker", type=float, dest="ray_gpus_per_worker", metavar="G",
+                   help="GPUs per actor, fractions share a GPU (default 1 where the cluster has GPUs, else 0)")
+    r.add_argument("--shard-dir", dest="shard_dir", metavar="DIR",
+                   help="shard banks, kept for resuming (default BANK.shards; shared storage on a multi-node cluster)")
     _add_output_flags(b)
     b.set_defaults(func=cmd_build)
 
@@ -253,8 +263,19 @@ def cmd_build(args: argparse.Namespace, log: logging.Logger) -> int:
     config, opts = resolve_build_settings(
         args.output, append=args.append, settings_file=args.config, pipeline_overrides=pipeline, build_overrides=options
     )
-    with _Interruptible(args.output, log):
-        summary = build_bank(args.sources, args.output, config, opts, logger=log)
+    fleet_flags = [f for f in ("ray_workers", "ray_gpus_per_worker", "shard_dir") if getattr(args, f) is not None]
+    if args.ray is None and fleet_flags:
+        raise ValueError(f"--{fleet_flags[0].replace('_', '-')} applies to fleet builds; add --ray")
+    if args.ray is not None:
+        from semanom_ros.workflows.fleet_build import FleetOptions, fleet_build
+
+        fleet = FleetOptions(address=args.ray or None, workers=args.ray_workers,
+                             gpus_per_worker=args.ray_gpus_per_worker, shard_dir=args.shard_dir)
+        with _Interruptible(args.output, log):
+            summary = fleet_build(args.sources, args.output, config, opts, fleet, logger=log)
+    else:
+        with _Interruptible(args.output, log):
+            summary = build_bank(args.sources, args.output, config, opts, logger=log)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, default=str))
     else:

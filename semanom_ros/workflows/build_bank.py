@@ -54,7 +54,7 @@ from .errors import BuildError
 from .settings import BuildOptions, absolute_paths
 from .sources import FramePrefetcher, SourcePlan, SourceSummary, plan_sources
 
-__all__ = ["BuildSummary", "IO_SKIP_REASONS", "OWN_SKIP_REASONS", "build_bank"]
+__all__ = ["BuildSummary", "CountingLogger", "IO_SKIP_REASONS", "OWN_SKIP_REASONS", "build_bank", "finish_build"]
 
 _log = logging.getLogger("semanom_ros.bank")
 
@@ -202,7 +202,7 @@ def build_bank(
     options = (options or BuildOptions()).validate()
     config = absolute_paths(config.validate())
     logger = logger if logger is not None else _log
-    warnings = _CountingLogger(logger)
+    warnings = CountingLogger(logger)
     output = Path(output).expanduser().absolute()
     if config.mode == "combined":
         raise BuildError(
@@ -280,6 +280,26 @@ def build_bank(
             + "); nothing was written"
             + (f", the bank at {output} is unchanged" if options.append or output.exists() else "")
         )
+    finish_build(bank, output, config, options, summary, warnings, show)
+    summary.seconds["total"] = time.perf_counter() - t_start
+    summary.warnings = warnings.count
+    return summary
+
+
+def finish_build(
+    bank: NominalBank,
+    output: Path,
+    config: PipelineConfig,
+    options: BuildOptions,
+    summary: BuildSummary,
+    warnings: Any,
+    show: bool,
+) -> NominalBank:
+    """The end of every build: optional coreset, calibration, the build record, the atomic save.
+
+    Shared by :func:`build_bank` and the fleet build (its merged shards); fills ``summary``'s
+    coreset, calibration, totals, size and times, and returns the bank that was saved.
+    """
     full_bank = bank
     if options.coreset_requested:
         t0 = time.perf_counter()
@@ -319,9 +339,7 @@ def build_bank(
     bank.save(output)
     summary.seconds["save"] = time.perf_counter() - t0
     summary.size_bytes = directory_size(output)
-    summary.seconds["total"] = time.perf_counter() - t_start
-    summary.warnings = warnings.count
-    return summary
+    return bank
 
 
 def _account_skips(plans: Sequence[SourcePlan], stopped_at_max: bool) -> dict[str, int]:
@@ -347,7 +365,7 @@ def _account_skips(plans: Sequence[SourcePlan], stopped_at_max: bool) -> dict[st
     return totals
 
 
-class _CountingLogger:
+class CountingLogger:
     """Forwards to a logging.Logger or rclpy logger and counts the warnings."""
 
     def __init__(self, logger: Any) -> None:
@@ -380,7 +398,7 @@ def _stream_into_bank(
     options: BuildOptions,
     config: PipelineConfig,
     summary: BuildSummary,
-    log: _CountingLogger,
+    log: CountingLogger,
     show: bool,
     ignore: np.ndarray | None,
 ) -> tuple[float, bool]:

@@ -262,13 +262,13 @@ class NominalBank:
             bank.add_frame(vectors[order[bounds[i] : bounds[i + 1]]], source=source, index=int(fid))
         return bank
 
-    def merge(self, other: "NominalBank") -> None:
-        """Append every frame of ``other`` (same model signature, else BankMismatchError)."""
+    def merge(self, other: "NominalBank", max_frames: int | None = None) -> None:
+        """Append every frame of ``other``, or its first ``max_frames`` (same signature, else BankMismatchError)."""
         check_signature(other.signature, self.signature, where="merged bank")
         if other.kind != self.kind:
             raise BankMismatchError(f"cannot merge a {other.kind!r} bank into a {self.kind!r} bank")
         vecs, meta = other.vectors, other.vector_meta
-        for fr in other.frames:
+        for fr in other.frames[:max_frames]:
             src = other.sources[fr["source"]]
             s, n = int(fr["vec_start"]), int(fr["vec_count"])
             self.add_frame(
