@@ -361,7 +361,7 @@ png.data = streamed_png(12000, 12000)
 
 def run(msg, what):
     before = node.stats.processed + node.stats.bad_messages
-    node._on_image(msg)  # what the subscription callback does
+    node._on_image(msg, None)  # what the subscription callback does
     while node.stats.processed + node.stats.bad_messages == before:
         time.sleep(0.01)
     time.sleep(0.3)  # the worker returns memory after letting go of the frame
