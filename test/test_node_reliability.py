@@ -217,13 +217,8 @@ def test_a_burst_faster_than_the_node_is_fully_accounted_on_diagnostics(harness,
                  "publish_overlay": False})
     h.activate()
     node = h.node
-    real_process = node.monitor.process
-
-    def slow_process(rgb):
-        time.sleep(0.3)
-        return real_process(rgb)
-
-    node.monitor.process = slow_process
+    engine_process = node.monitor.process
+    node.monitor.process = lambda rgb: (time.sleep(0.3), engine_process(rgb))[1]  # slower than the burst
     truncated = Image(encoding="rgb8", height=84, width=140, step=420)
     truncated.data = bytes(1000)
     for sec in range(1, sent + 1):
