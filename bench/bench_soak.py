@@ -246,6 +246,8 @@ def main() -> int:
     checks = {
         "memory growth <= 50 MB": figures["rss_growth_mb"] <= 50,
         "received = sent": figures["lost_before_the_node"] == 0,
+        "sent = received + missed (every message counted on /diagnostics)":
+            sent_good + sent_bad == count["frames_received"] + count["frames_missed"],
         # The first messages may go before the node's subscription matched: not sequence gaps, not counted.
         "missed (node) <= lost before the node": count["frames_missed"] <= figures["lost_before_the_node"],
         # A malformed message waiting in the mailbox is replaced by the next frame like any other
