@@ -1,7 +1,7 @@
 """Soak test of monitor_node: many frames at 30 Hz over localhost DDS, one malformed message in every 20.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_soak.py [--frames 10000] [--rate 30] [--every 20]
-        [--tiny] [--best-effort] [--json out.json]
+        [--tiny] [--best-effort] [--queue-depth 10] [--publisher-depth 10] [--json out.json]
 
 The node runs in a child process (``python -m semanom_ros.nodes.monitor_node``, autostart), as in
 deployment; this script publishes the highway test frames (sensor_msgs/Image rgb8 960x540) stamped
@@ -12,10 +12,15 @@ and a 5x5 frame (smaller than a patch). Printed: messages sent (good / malformed
 from /diagnostics (received, processed, dropped by the newest-frame policy, bad messages) and the
 accounting check received = processed + dropped + bad, outputs received here, latency p50 / p95,
 the node's resident memory (VmRSS) after the first 5 % of the run and at the end, every 10 s in
-between. Targets: memory growth <= 50 MB; every message the node received answered, dropped by the
-newest-frame policy or counted bad (received = processed + dropped + bad: none lost inside the node);
-as many scores here as the node processed. Messages lost before the node (its depth-1 reader history
-replaces a sample the callback has not taken yet) are printed as lost_before_the_node.
+between. Targets: memory growth <= 50 MB; every message sent received by the node (received =
+sent; printed: lost_before_the_node, and the node's own count of them from the publisher's sequence
+numbers, frames_missed); every message the node received answered, dropped by the newest-frame
+policy or counted bad (received = processed + dropped + bad: none lost inside the node); as many
+scores here as the node processed.
+
+The publisher is reliable with depth 10 (image_transport's default QoS) unless --publisher-depth
+says otherwise; the node's input reader history is its input_queue_depth parameter (--queue-depth;
+default: the node's default).
 
 ``--tiny`` scores with a tiny random-init DINOv2 (fast, no weights needed); by default the real
 DINOv2-S/14 in $SEMANOM_SHARED and the bank bench_monitor_node.py caches. Reliable QoS by default, so
@@ -92,6 +97,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch/faiss threads of the node")
     parser.add_argument("--tiny", action="store_true", help="tiny random-init DINOv2 instead of the real one")
     parser.add_argument("--best-effort", action="store_true", help="best-effort QoS (default reliable)")
+    parser.add_argument("--queue-depth", type=int, default=0,
+                        help="the node's input_queue_depth (0: the node's default)")
+    parser.add_argument("--publisher-depth", type=int, default=10, help="history depth of this side's publisher")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -125,6 +133,7 @@ def main() -> int:
         "-p", "autostart:=true", "-p", f"num_threads:={args.threads}", "-p", "diagnostics_period_s:=0.5",
         "-p", f"reliability:={'best_effort' if args.best_effort else 'reliable'}",
         "--log-level", "semanom_monitor:=error",  # the malformed messages' WARN lines, once per 5 s, are noise here
+        *(["-p", f"input_queue_depth:={args.queue_depth}"] if args.queue_depth else []),
     ], env=env, cwd=str(REPO))
 
     context, bench = start_probe("semanom_soak", domain)
@@ -157,7 +166,7 @@ def main() -> int:
     bench.create_subscription(Image, "/semanom_monitor/score_map", on_score_map, reliable)
     scores = bench.create_subscription(Float32, "/semanom_monitor/score", on_score, reliable)
     bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-    pub = bench.create_publisher(Image, topic, QoSProfile(depth=1, reliability=reliability))
+    pub = bench.create_publisher(Image, topic, QoSProfile(depth=args.publisher_depth, reliability=reliability))
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(bench)
     threading.Thread(target=executor.spin, daemon=True).start()
@@ -199,11 +208,14 @@ def main() -> int:
     with lock:
         ages = np.array(ages_ms)
         d = dict(diag)
-    count = {k: int(d.get(k, -1)) for k in ("frames_received", "frames_processed", "frames_dropped", "bad_messages")}
+    count = {k: int(d.get(k, -1)) for k in ("frames_received", "frames_processed", "frames_dropped", "bad_messages",
+                                            "frames_missed")}
     accounted = count["frames_processed"] + count["frames_dropped"] + count["bad_messages"]
     figures = {
         "model": "tiny random-init DINOv2" if args.tiny else "DINOv2-S/14",
         "qos": "best effort" if args.best_effort else "reliable",
+        "input_queue_depth": args.queue_depth or "node default",
+        "publisher_depth": args.publisher_depth,
         "seconds": round(elapsed, 1),
         "rate_hz_sent": round(args.frames / elapsed, 2),
         "sent_good": sent_good,
@@ -214,7 +226,8 @@ def main() -> int:
         "node_bad_messages": count["bad_messages"],
         "node_errors": d.get("errors"),
         "received_eq_processed_dropped_bad": count["frames_received"] == accounted,
-        "lost_before_the_node": sent_good + sent_bad - count["frames_received"],  # depth-1 reader history
+        "lost_before_the_node": sent_good + sent_bad - count["frames_received"],
+        "node_missed": count["frames_missed"],  # the node's count of the above, from sequence numbers
         "scores_received_here": score_count[0],
         "score_maps_received_here": len(ages),
         "latency_p50_ms": round(float(np.percentile(ages, 50)), 1) if len(ages) else None,
@@ -232,6 +245,11 @@ def main() -> int:
         print(f"{key:<{width}}  {value}")
     checks = {
         "memory growth <= 50 MB": figures["rss_growth_mb"] <= 50,
+        "received = sent": figures["lost_before_the_node"] == 0,
+        "sent = received + missed (every message counted on /diagnostics)":
+            sent_good + sent_bad == count["frames_received"] + count["frames_missed"],
+        # The first messages may go before the node's subscription matched: not sequence gaps, not counted.
+        "missed (node) <= lost before the node": count["frames_missed"] <= figures["lost_before_the_node"],
         # A malformed message waiting in the mailbox is replaced by the next frame like any other
         # (counted as dropped), so only the ones the worker took are bad messages.
         "malformed messages taken = bad messages": count["bad_messages"] <= sent_bad,

@@ -204,6 +204,73 @@ def test_watchdog_reports_a_stall_and_deactivate_abandons_the_stuck_frame(harnes
     assert h.send(image_msg(textured_frame(10), 2))["score_map"].header.stamp.sec == 2
 
 
+def test_a_burst_faster_than_the_node_is_fully_accounted_on_diagnostics(harness, tiny_bank):
+    """Every message of a burst from a separate publisher is received, and processed, dropped or bad.
+
+    The frames are published back to back while each takes the (slowed) engine 300 ms; one in five is
+    malformed. With the reader history as deep as the burst (input_queue_depth) no message can be
+    replaced before the callback, so /diagnostics must show received = sent = processed + dropped
+    + bad and nothing missed, and the newest frame answered last.
+    """
+    sent = 20  # the probe's publisher keeps 20 (reliable): it never drops one of its own either
+    h = harness({"bank_path": str(tiny_bank), "input_queue_depth": sent, "diagnostics_period_s": 0.2,
+                 "publish_overlay": False})
+    h.activate()
+    node = h.node
+    engine_process = node.monitor.process
+    node.monitor.process = lambda rgb: (time.sleep(0.3), engine_process(rgb))[1]  # slower than the burst
+    truncated = Image(encoding="rgb8", height=84, width=140, step=420)
+    truncated.data = bytes(1000)
+    for sec in range(1, sent + 1):
+        msg = truncated if sec % 5 == 3 else image_msg(textured_frame(sec), sec)
+        msg.header.stamp.sec = sec
+        h.pub.publish(msg)  # back to back: faster than the subscription callback runs
+    bad_sent = sum(1 for sec in range(1, sent + 1) if sec % 5 == 3)
+
+    def published(key: str) -> int:
+        with h.lock:
+            values = [dict((kv.key, kv.value) for kv in s.values) for s in h.diagnostics if s.values]
+        return int(values[-1][key]) if values else -1
+
+    keys = ("frames_received", "frames_processed", "frames_dropped", "bad_messages", "frames_missed", "errors")
+
+    def accounted() -> bool:
+        received, processed, dropped, bad = (published(k) for k in keys[:4])
+        return received == sent and processed + dropped + bad == sent  # so the last frame is done too
+
+    deadline = time.monotonic() + 20  # a bound against a hang, not a timing target
+    while not accounted() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    counts = {k: published(k) for k in keys}
+    assert accounted() and counts["frames_missed"] == 0 and counts["errors"] == 0, f"{sent} sent: {counts}"
+    stats = node.stats
+    assert 0 < stats.processed < sent - bad_sent and stats.dropped > 0  # the newest-frame policy did drop
+    assert stats.bad_messages <= bad_sent  # a malformed message may be replaced while waiting, like any other
+    with h.lock:
+        stamps = [m.header.stamp.sec for m in h.received["score_map"]]
+    assert stamps[-1] == sent and len(stamps) == stats.processed  # the newest frame was answered
+
+
+def test_missed_messages_are_counted_from_publisher_sequence_numbers():
+    stats = MonitorStats()
+    for seq in (1, 2, 5):  # 3 and 4 never arrived
+        stats.record_received(b"camera", seq)
+    assert stats.missed == 2 and stats.received == 3
+    stats.record_received(b"other", 40)  # a publisher's first message: no gap to count
+    stats.record_received(b"camera", 4)  # late (best effort may reorder): neither a gap nor a new high
+    stats.record_received(b"camera", 6)
+    stats.record_received(None, None)  # an RMW without sequence numbers: received, nothing else
+    assert stats.missed == 2 and stats.received == 7
+    stats.forget_publishers()  # a new subscription: what was sent while inactive is not missed
+    stats.record_received(b"camera", 100)
+    assert stats.missed == 2
+    stats.record_received(b"camera", 103)
+    assert stats.missed == 4
+    status = MonitorDiagnostics(stats).status(name="n", state="active", transition_error="", input_topic="/cam",
+                                              device="cpu", drop_warn_fraction=1.0, monitor=None)
+    assert dict((kv.key, kv.value) for kv in status.values)["frames_missed"] == "4"
+
+
 def test_rate_watchdog_warns_when_processing_falls_behind_the_input():
     stats = MonitorStats()
     diagnostics = MonitorDiagnostics(stats)
@@ -361,7 +428,7 @@ png.data = streamed_png(12000, 12000)
 
 def run(msg, what):
     before = node.stats.processed + node.stats.bad_messages
-    node._on_image(msg)  # what the subscription callback does
+    node._on_image(msg, None)  # what the subscription callback does
     while node.stats.processed + node.stats.bad_messages == before:
         time.sleep(0.01)
     time.sleep(0.3)  # the worker returns memory after letting go of the frame

@@ -26,6 +26,7 @@ RECENT_ERROR_S = 10.0  # /diagnostics stays WARN this long after an error or a b
 NO_INPUT_WARN_S = 5.0  # ... and when an active node has received nothing for this long
 _LATENCY_WINDOW = 300  # frames behind the latency percentiles
 _RATE_WINDOW_S = 5.0
+_MAX_PUBLISHERS = 64  # publishers whose sequence numbers are followed (bounded: drivers may restart often)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class MonitorStats:
     """Counters and recent timings behind /diagnostics (written by the callback and worker threads)."""
 
     received: int = 0
+    missed: int = 0  # sent by a publisher but never received: replaced in the reader history or lost on the way
     processed: int = 0
     dropped: int = 0
     bad_messages: int = 0
@@ -47,6 +49,8 @@ class MonitorStats:
     # Per-frame stages (seconds): wait in the mailbox, decode, engine, overlay, build + publish.
     stages_s: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The last publication sequence number seen from each publisher (by GID), to count ``missed``.
+    last_sequence: dict = field(default_factory=dict)
 
     def record_frame(self, latency_s: float, processing_s: float, stages_s: dict[str, float] | None = None) -> None:
         with self.lock:
@@ -65,14 +69,34 @@ class MonitorStats:
             return ""
         return ", ".join(f"{k} {np.percentile([r[k] for r in rows], q) * 1e3:.1f}" for k in rows[-1])
 
-    def record_received(self) -> float:
-        """Count one arriving message; returns its arrival time (time.monotonic())."""
+    def record_received(self, publisher: bytes | None = None, sequence: int | None = None) -> float:
+        """Count one arriving message; returns its arrival time (time.monotonic()).
+
+        ``publisher`` (its GID) and ``sequence`` (the publication sequence number the RMW reports
+        in the message info): a jump in one publisher's numbers counts the messages in between as
+        ``missed``, so frames that vanish before the callback (replaced in the reader history,
+        dropped by the publisher's own history, lost by best effort) are still accounted for.
+        Nothing is counted without them (an RMW that does not report sequence numbers).
+        """
         now = time.monotonic()
         with self.lock:
             self.received += 1
             self.last_received_time = now
             self.received_times.append(now)
+            if publisher is not None and sequence:
+                last = self.last_sequence.get(publisher)
+                if last is not None and sequence > last + 1:
+                    self.missed += sequence - last - 1
+                if last is None and len(self.last_sequence) >= _MAX_PUBLISHERS:
+                    del self.last_sequence[next(iter(self.last_sequence))]  # the longest-known publisher
+                if last is None or sequence > last:
+                    self.last_sequence[publisher] = sequence
         return now
+
+    def forget_publishers(self) -> None:
+        """Start the sequence counting afresh (a new subscription: messages sent meanwhile are not missed)."""
+        with self.lock:
+            self.last_sequence.clear()
 
     def clear_error(self) -> None:
         """Forget the last error (after a successful configure: it no longer describes the node)."""
@@ -131,7 +155,9 @@ def calibration_warning(monitor: Monitor | None) -> str:
 class MonitorDiagnostics:
     """The DiagnosticStatus of a monitor node from its :class:`MonitorStats`.
 
-    The drop fraction is over the frames received since the previous status.
+    The drop fraction is over the frames received (or missed) since the previous status;
+    ``frames_received`` = ``frames_processed`` + ``frames_dropped`` + ``bad_messages`` once the worker
+    is idle, and ``frames_missed`` counts what publishers sent that never reached the node.
     """
 
     def __init__(self, stats: MonitorStats) -> None:
@@ -159,7 +185,8 @@ class MonitorDiagnostics:
         """
         now = time.monotonic()
         s = self.stats
-        received, dropped = s.received, s.dropped
+        # Missed messages count as dropped here: both are frames sent and never answered.
+        received, dropped = s.received + s.missed, s.dropped + s.missed
         prev_received, prev_dropped = self._prev
         self._prev = (received, dropped)
         new_received = received - prev_received
@@ -200,9 +227,10 @@ class MonitorDiagnostics:
             "processing_p95_ms": f"{s.processing_ms(95):.1f}",
             "stages_p50_ms": s.stages_ms(50),
             "stages_p95_ms": s.stages_ms(95),
-            "frames_received": str(received),
+            "frames_received": str(s.received),
             "frames_processed": str(s.processed),
-            "frames_dropped": str(dropped),
+            "frames_dropped": str(s.dropped),
+            "frames_missed": str(s.missed),
             "bad_messages": str(s.bad_messages),
             "errors": str(s.errors),
             "bank_vectors": str(len(monitor.bank)) if monitor is not None else "0",

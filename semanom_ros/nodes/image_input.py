@@ -1,7 +1,7 @@
 """The camera input both nodes subscribe to.
 
 Topic and message class from the ``image`` name and the ``input_type`` parameter, and the sensor-data
-QoS with depth 1 and a reliability parameter.
+QoS with a reliability parameter and a small depth.
 """
 from __future__ import annotations
 
@@ -27,15 +27,17 @@ def image_input(resolved_topic: str, input_type: str) -> tuple[str, Any]:
     return resolved_topic, Image
 
 
-def sensor_qos(reliability: str) -> QoSProfile:
-    """Sensor-data QoS with depth 1 (only the newest frame matters).
+def sensor_qos(reliability: str, depth: int = 1) -> QoSProfile:
+    """Sensor-data QoS (keep last ``depth``).
 
     ``reliability``: 'reliable' or 'best_effort' ('reliable' only matches reliable publishers,
-    'best_effort' matches both).
+    'best_effort' matches both). Depth 1 keeps only the newest frame in the reader history, but
+    replaces the others there without a trace; the monitor node takes a deeper history and drops
+    (and counts) old frames itself.
     """
     return QoSProfile(
         history=qos_profile_sensor_data.history,
-        depth=1,
+        depth=depth,
         reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
                      else ReliabilityPolicy.BEST_EFFORT),
         durability=qos_profile_sensor_data.durability,

@@ -11,9 +11,11 @@ and parameters in and messages out:
   bank leaves the node unconfigured with the reason in the log and on /diagnostics);
 * activate: subscribe to ``image`` and start the worker thread; deactivate: unsubscribe, stop the
   worker, stop publishing; cleanup: free the model, the bank and GPU memory.
-* The subscription callback only drops the message into a one-slot mailbox; the worker thread
-  decodes, runs the engine and publishes. A frame that waits while another is processed is
-  replaced by the next one and counted as dropped, so latency never grows with time.
+* The subscription callback only counts the message and drops it into a one-slot mailbox; the
+  worker thread decodes, runs the engine and publishes. A frame that waits while another is
+  processed is replaced by the next one and counted as dropped, so latency never grows with time.
+  The reader history holds ``input_queue_depth`` messages, so none is replaced there uncounted
+  while the callback runs late; gaps in the publishers' sequence numbers are counted as missed.
 * Bounded work per frame: a message larger than ``max_input_pixels`` is refused from its header,
   a frame larger than ``max_output_pixels`` is shrunk before scoring (bounded maps), the backbone
   input width is capped (``max_input_width``) and frames of extreme aspect ratio are refused. A
@@ -42,6 +44,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.exceptions import ParameterUninitializedException
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -245,9 +248,10 @@ class MonitorNode(LifecycleNode):
         if ret != TransitionCallbackReturn.SUCCESS:
             return ret
         self._start_worker()
+        self.stats.forget_publishers()  # frames sent while inactive are not missed ones
+        qos = sensor_qos(str(self._param("reliability")), int(self._param("input_queue_depth")))
         self._subscription = self.create_subscription(
-            self._input_msg_type, self._input_topic, self._on_image, sensor_qos(str(self._param("reliability"))),
-            callback_group=self._sub_group,
+            self._input_msg_type, self._input_topic, self._on_image, qos, callback_group=self._sub_group,
         )
         self.get_logger().info(f"active: listening on {self._input_topic}")
         return TransitionCallbackReturn.SUCCESS
@@ -332,10 +336,17 @@ class MonitorNode(LifecycleNode):
         super().destroy_node()
 
     # -- frames -------------------------------------------------------------------------------------------
-    def _on_image(self, msg: Any) -> None:
-        now = self.stats.record_received()
+    def _on_image(self, msg: Any, info: MessageInfo | None) -> None:
+        """Subscription callback: count the message and hand it to the worker, nothing else.
+
+        It must keep up with the camera while the worker holds the CPU (and the GIL): any work
+        here lets frames pile up in the reader history, where only ``input_queue_depth`` fit.
+        ``info`` is required (no default), so rclpy passes the message info with each message.
+        """
+        gid = (info or {}).get("publisher_gid") or {}
+        now = self.stats.record_received(gid.get("data"), (info or {}).get("publication_sequence_number"))
         if self._worker.offer((msg, now)):
-            self.stats.dropped += 1
+            self._count_drop()
 
     def _after_frame(self) -> None:
         """Worker thread, after each message is let go: give a large frame's memory back to the OS."""
