@@ -176,7 +176,7 @@ class _Cache:
     def __init__(self, options: RoadBenchmarkOptions, extractor: FeatureExtractor, config: PipelineConfig) -> None:
         self.root = Path(options.cache_dir) if options.cache_dir else None
         features_key = json.dumps([extractor.fingerprint, extractor.input_height, extractor.width_cap,
-                                   config.feature_layer, config.crop_views])
+                                   config.feature_layer, [[float(v) for v in box] for box in config.crop_views]])
         self.features_key = hashlib.blake2b(features_key.encode(), digest_size=8).hexdigest()
         self.table_key = hashlib.blake2b(
             json.dumps([self.features_key, options.bank_fraction, config.k]).encode(), digest_size=8).hexdigest()
