@@ -458,8 +458,8 @@ def test_only_the_newest_frame_is_processed(harness, tiny_bank):
             last = [m.header.stamp.sec for m in h.received["score_map"]][-1:]
         return last == [sent] and node.stats.processed + node.stats.dropped == node.stats.received
 
-    # The newest frame is never replaced in the reader's depth-1 history, so it always arrives; earlier ones
-    # may be replaced there on a loaded machine before the callback runs (not the node's to count).
+    # The newest frame is never replaced in the reader's history, so it always arrives; earlier ones may be
+    # replaced there on a loaded machine before the callback runs (counted as frames_missed, not here).
     wait_until(newest_answered, 15, "the newest frame to be answered and the worker to go idle")
     stats = node.stats
     assert stats.processed <= sent // 2 and stats.dropped >= stats.received - sent // 2

@@ -296,13 +296,13 @@ def test_every_processed_frame_reaches_reliable_and_best_effort_subscribers_at_3
     node = p.node
     t0 = time.monotonic()
     # At least 60 frames at 30 Hz, more while fewer than 10 were processed (a loaded machine loses inputs
-    # before the node's callback: sensor QoS, depth 1); at most 600.
+    # before the node's callback: sensor QoS, best effort); at most 600.
     for i in range(600):
         if i >= 60 and node.stats.processed >= 10:
             break
         p.pub.publish(p.frame(frames[i % 4], 10**18 + i * 33_333_333))
         time.sleep(max(0.0, t0 + (i + 1) / 30.0 - time.monotonic()))
-    # The input is best effort with depth 1 (sensor QoS): on a loaded machine some frames never reach the
+    # The input is best effort (sensor QoS): on a loaded machine some frames never reach the
     # callback. Wait until the node has finished what it got (the count of its inputs is not the point here).
     last = [-1]
 
