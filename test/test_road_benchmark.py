@@ -15,6 +15,7 @@ from semanom_ros.core import ConfigError, Monitor, PatchBankBuilder, PipelineCon
 from semanom_ros.core.errors import BankMismatchError
 from semanom_ros.core.features import FeatureExtractor
 from semanom_ros.core.maps import fuse_view_scores
+from semanom_ros.core.scoring import threshold_for_alpha, view_offsets
 from semanom_ros.tools.evaluate import main as eval_main
 from semanom_ros.workflows.eval_data import EvalDataError
 from semanom_ros.workflows.road_benchmark import RoadBenchmarkOptions, read_label_mask, run_road_benchmark
@@ -227,8 +228,19 @@ def test_crop_views_validate_and_fuse_by_maximum(tiny_model):
     builder = PatchBankBuilder(cfg, extractor)
     builder.add_all(SimpleNamespace(rgb=textured_frame(s), source="a", index=s, stamp_ns=s) for s in range(3))
     assert len(builder.bank) == 3 * feats.num_patches  # the views' patches join the frame's
-    builder.calibrate()
+    calibration = builder.calibrate()
     assert config_from_bank(builder.bank).crop_views == [ROAD_VIEW]
+    # Each view is searched and calibrated in its own vectors; the crop's threshold becomes an offset.
+    crop_h, crop_w = view.grid_shape
+    assert len(builder.bank.view_bank(1)) == 3 * crop_h * crop_w
+    assert len(builder.bank.view_bank(0)) == 3 * feats.grid_shape[0] * feats.grid_shape[1]
+    assert len(calibration["views"]) == 1
+    full_only = PatchBankBuilder(cfg.replace(crop_views=[]))
+    full_only.add_all(SimpleNamespace(rgb=textured_frame(s), source="a", index=s, stamp_ns=s) for s in range(3))
+    assert calibration["threshold"] == pytest.approx(full_only.calibrate()["threshold"], abs=1e-6)
+    offsets = view_offsets(calibration, cfg)
+    assert offsets[0] == 0.0 and offsets[1] == pytest.approx(
+        threshold_for_alpha(calibration, cfg.alpha) - threshold_for_alpha(calibration["views"][0], cfg.alpha))
 
 
 def test_bank_cli_builds_with_a_feature_layer_and_crop_views(tmp_path, tiny_model):

@@ -146,40 +146,10 @@ def greedy_k_center_order(
 def subsample_bank(bank: NominalBank, keep_ids: np.ndarray) -> NominalBank:
     """A new bank with only the vectors ``keep_ids`` (ascending), every frame and source kept.
 
-    Frames keep their table row (source, message ordinal, stamp, grid) even when none of their
-    vectors survive, so the frame ids - and the leave-one-out windows built on them - stay the
-    same as in ``bank``. Calibration is cleared (it describes the full bank).
+    See :meth:`NominalBank.subset`: frame ids, and the leave-one-out windows built on them, stay
+    the same as in ``bank``; calibration is cleared (it describes the full bank).
     """
-    keep_ids = np.asarray(keep_ids, np.int64)
-    if keep_ids.ndim != 1 or (len(keep_ids) and (keep_ids[0] < 0 or keep_ids[-1] >= len(bank))):
-        raise ValueError(f"keep_ids must be ascending vector ids in [0, {len(bank)})")
-    if len(keep_ids) > 1 and not (np.diff(keep_ids) > 0).all():
-        raise ValueError("keep_ids must be strictly ascending")
-    out = NominalBank(bank.signature, kind=bank.kind, config=bank.config)
-    out.extra = dict(bank.extra)
-    out.created_ns = bank.created_ns
-    vectors, meta = bank.vectors, bank.vector_meta
-    for fid, fr in enumerate(bank.frames):
-        start, n = int(fr["vec_start"]), int(fr["vec_count"])
-        lo, hi = np.searchsorted(keep_ids, [start, start + n])
-        ids = keep_ids[lo:hi]
-        src = bank.sources[int(fr["source"])]
-        out.add_frame(
-            np.asarray(vectors[ids]),
-            source=src.name,
-            topic=src.topic,
-            index=int(fr["index"]),
-            stamp_ns=int(fr["stamp_ns"]),
-            rows=meta["row"][ids],
-            cols=meta["col"][ids],
-            grid=(int(fr["grid_h"]), int(fr["grid_w"])),
-        )
-    # Same time ranges as the original (add_frame only sees non-zero stamps of the frames).
-    originals = {(s.name, s.topic): s for s in bank.sources}
-    for ours in out.sources:
-        theirs = originals[(ours.name, ours.topic)]
-        ours.first_stamp_ns, ours.last_stamp_ns = theirs.first_stamp_ns, theirs.last_stamp_ns
-    return out
+    return bank.subset(keep_ids)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from .backbones import backbone_spec, load_backbone_model, split_tokens, supported_model_types
 from .bank.signature import ModelSignature
 from .config import PipelineConfig
-from .errors import ImageError, ModelError
+from .errors import ConfigError, ImageError, ModelError
 from .resize import resize_chw
 
 # Backbone families (DINOv2, ViT, I-JEPA, ...): token layout and loading per family in backbones.py.
@@ -243,6 +243,16 @@ class FeatureExtractor:
             config.model, config.input_height, config.device, config.dtype, config.max_input_width,
             feature_layer=config.feature_layer, crop_views=config.crop_views,
         )
+
+    def check_views(self, config: PipelineConfig) -> None:
+        """Raise ConfigError when this extractor's layer or crop views are not the ones ``config`` asks for."""
+        wanted = [tuple(float(v) for v in box) for box in config.crop_views]
+        if self.feature_layer != config.feature_layer or self.crop_views != wanted:
+            raise ConfigError(
+                f"the feature extractor was made with feature_layer {self.feature_layer} and crop_views "
+                f"{[list(b) for b in self.crop_views]}, the pipeline asks for {config.feature_layer} and "
+                f"{config.crop_views}; make it with FeatureExtractor.from_config(config)"
+            )
 
     def signature(self) -> ModelSignature:
         """What a bank built with this extractor records, and what a bank scored with it must match."""

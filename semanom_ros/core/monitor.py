@@ -74,6 +74,7 @@ class Monitor:
         self.config = config
         self.bank = NominalBank.load(bank) if isinstance(bank, (str, Path)) else bank
         self.extractor = extractor or FeatureExtractor.from_config(config)
+        self.extractor.check_views(config)
         self.scorer: Scorer
         if config.mode == "scene":
             check_signature(self.bank.signature, self.extractor.signature())
@@ -88,7 +89,9 @@ class Monitor:
         ignore = IgnoreMask.from_config(config)
         self.threshold = self._initial_threshold(lambda: calibrated_threshold(self.bank.calibration, config))
         self.bank.set_index_spec(index_spec_for(config, self.bank))
-        self.bank.search_index.ensure()  # load or build the index now, not on the first frame
+        # Load or build the index now, not on the first frame (one per view in a bank with crop views).
+        for view in range(self.bank.num_views()):
+            self.bank.view_bank(view).search_index.ensure()
         if config.mode == "patch":
             self.scorer = PatchScorer(config, self.bank, ignore)
         else:

@@ -108,21 +108,6 @@ def clip_normalized(scores: np.ndarray, normalization: str) -> np.ndarray:
     return np.maximum(scores, 0.0).astype(np.float32)
 
 
-def median_normalized_grids(grids: list[tuple[np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
-    """Raw score grids of one frame's views minus the median of all their kept patches, clipped at 0.
-
-    ``grids``: ((h, w) scores, (h, w) ignored patches or None) per view; ignored patches stay 0.
-    """
-    kept = [g[~i] if i is not None else g.reshape(-1) for g, i in grids]
-    values = np.concatenate(kept) if kept else np.zeros(0, np.float32)
-    median = np.float32(np.median(values)) if values.size else np.float32(0.0)
-    out = []
-    for grid, ignore in grids:
-        shifted = np.maximum(grid - median, 0.0).astype(np.float32)
-        out.append(shifted if ignore is None else np.where(ignore, 0.0, shifted).astype(np.float32))
-    return out
-
-
 def image_score(grid: np.ndarray) -> float:
     """Image-level score: the highest patch score (what the threshold is calibrated on)."""
     return float(grid.max()) if grid.size else 0.0
@@ -426,6 +411,19 @@ def calibrate_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> 
     """
     if bank.kind == INSTANCE_BANK_KIND:
         return calibrate_instance_bank(bank, config, progress)
+    # (A coreset's calibration view has no views: a coreset of a crop-view bank is calibrated jointly.)
+    if getattr(bank, "num_views", lambda: 1)() > 1:
+        # Each view is searched in its own vectors and calibrated on its own scores (a crop seen at
+        # a finer scale scores on another scale); the full frame's calibration is the bank's, the
+        # crop views' ride along under "views" and become offsets (view_offsets).
+        views = [_calibrate_patch_bank(bank.view_bank(v), config, progress) for v in range(bank.num_views())]
+        calibration = dict(views[0], views=views[1:])
+        bank.calibration = calibration
+        return calibration
+    return _calibrate_patch_bank(bank, config, progress)
+
+
+def _calibrate_patch_bank(bank: NominalBank, config: PipelineConfig, progress=None) -> dict[str, Any]:
     c = config
     return calibrate(
         bank,
@@ -467,6 +465,20 @@ def calibrated_threshold(calibration: dict[str, Any] | None, config: PipelineCon
             f"{c.score_normalization}') or set it back"
         )
     return threshold_for_alpha(calibration, c.alpha, c.calibration_level)
+
+
+def view_offsets(calibration: dict[str, Any] | None, config: PipelineConfig) -> list[float]:
+    """What each view's scores are shifted by before the views are fused (0.0 for the full frame).
+
+    Crop view v's scores get the full frame's threshold minus view v's own (both at ``config.alpha``),
+    so the one decision threshold marks each view at its own alpha-quantile of nominal scores.
+    """
+    views = (calibration or {}).get("views") or []
+    if not views:
+        return [0.0] * (1 + len(config.crop_views))
+    level = config.calibration_level
+    full = threshold_for_alpha(calibration, config.alpha, level)
+    return [0.0] + [full - threshold_for_alpha(view, config.alpha, level) for view in views]
 
 
 def majority_vote(

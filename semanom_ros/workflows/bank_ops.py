@@ -262,6 +262,9 @@ def calibrate_on(
     if bank.kind != "patch":
         raise BuildError(f"calibrate --on: {path} is a {bank.kind!r} bank; only patch banks can be calibrated on a "
                          "drive (recalibrate it leave-one-out without --on)")
+    if bank.num_views() > 1:
+        raise BuildError(f"calibrate --on: {path} has crop views, which are calibrated per view; calibrating them "
+                         "on a drive is not supported yet (recalibrate leave-one-out without --on)")
     config = config_from_bank(bank, overrides)
     options = (options or BuildOptions(progress=False)).validate()
     log = logger if logger is not None else _log
@@ -294,10 +297,6 @@ def calibrate_on(
             pixels = ignore.with_frame(feat.image_size, frame.ignore, "frame ignore mask")
             used += 1
             yield feat.patches, None if pixels is None else ignore.patch_mask(pixels, feat.grid_shape)
-            for view in feat.views:  # crop views are scored like the frame (PatchScorer.view_grid)
-                top, bottom, left, right = view.box
-                yield view.patches, None if pixels is None else ignore.patch_mask(
-                    pixels[top:bottom, left:right], view.grid_shape)
 
     image_scores, patch_scores = drive_scores(
         bank, grids(), config.k, config.score_smoothing_sigma, config.score_normalization

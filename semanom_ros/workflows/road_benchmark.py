@@ -39,8 +39,9 @@ from semanom_ros.core.scoring import (
     calibration_from_scores,
     clip_normalized,
     grid_from_scores,
-    median_normalized_grids,
     subtract_frame_median,
+    threshold_for_alpha,
+    view_offsets,
 )
 from semanom_ros.core.threads import configure_threads
 from semanom_ros.io.frame_types import natural_key
@@ -149,11 +150,12 @@ class _ImageData:
     image_size: tuple[int, int]
     boxes: list[tuple[int, int, int, int]]  # full frame first, then the crop views
     grids: list[tuple[int, int]]
-    queries: torch.Tensor  # (P, D) all views' patches
-    bank_rows: np.ndarray  # rows of ``queries`` that go into a bank
-    bank: torch.Tensor  # (B, D) those rows, float16-rounded like a saved bank
+    queries: list[torch.Tensor]  # per view (P_v, D) patches
+    bank_rows: list[np.ndarray]  # per view: rows of its queries that go into a bank
+    banks: list[torch.Tensor]  # per view (B_v, D): those rows, float16-rounded like a saved bank
     forward_ms: float
-    table: np.ndarray | None = None  # (P, n_images, k) best similarities in each other image's bank patches
+    # Per view (P_v, n_images, k): best similarities in each other image's bank patches of the same view.
+    tables: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -220,7 +222,7 @@ def _embed(extractor: FeatureExtractor, item: RoadImage, index: int, options: Ro
     parts, forward_ms = _extract_parts(extractor, rgb, cache.path("features", item.name))
     height, width = rgb.shape[:2]
     not_nominal = labels != 0
-    queries, bank_rows, boxes, grids, offset = [], [], [], [], 0
+    queries, bank_rows, banks, boxes, grids = [], [], [], [], []
     rng = np.random.default_rng(index)
     for (top, bottom, left, right), patches in parts:
         h, w, d = patches.shape
@@ -229,37 +231,37 @@ def _embed(extractor: FeatureExtractor, item: RoadImage, index: int, options: Ro
         rows = np.flatnonzero(~excluded)
         if options.bank_fraction < 1.0:
             rows = rows[rng.random(len(rows)) < options.bank_fraction]
-        queries.append(np.asarray(patches, np.float32).reshape(h * w, d))
-        bank_rows.append(rows + offset)
+        q = torch.from_numpy(np.asarray(patches, np.float32).reshape(h * w, d))
+        queries.append(q)
+        bank_rows.append(rows)
+        banks.append(q[torch.from_numpy(rows)].to(torch.float16).to(torch.float32))
         boxes.append((top, bottom, left, right))
         grids.append((h, w))
-        offset += h * w
-    q = torch.from_numpy(np.concatenate(queries))
-    rows = np.concatenate(bank_rows)
-    bank = q[torch.from_numpy(rows)].to(torch.float16).to(torch.float32)
-    return _ImageData(item.name, (height, width), boxes, grids, q, rows, bank, forward_ms), labels
+    return _ImageData(item.name, (height, width), boxes, grids, queries, bank_rows, banks, forward_ms), labels
 
 
 def _pair_tables(data: list[_ImageData], k: int, progress: _Progress, cache: _Cache) -> None:
-    """Each image's best ``k`` similarities in every other image's bank patches (-inf: none / itself)."""
+    """Each image's best ``k`` similarities in every other image's bank patches, view by view (-inf: none)."""
     names = json.dumps([d.name for d in data])
     for i in progress.wrap(range(len(data)), "search"):
         cache_file = cache.path("table", data[i].name)
         if cache_file is not None and cache_file.is_file():
             z = np.load(cache_file)
             if str(z["names"]) == names:  # the same image set (--max-images changes it)
-                data[i].table = z["table"]
+                data[i].tables = [z[f"view{v}"] for v in range(len(data[i].queries))]
                 continue
-        query = data[i].queries
-        table = np.full((len(query), len(data), k), -np.inf, np.float32)
-        for j, other in enumerate(data):
-            if j == i or len(other.bank) == 0:
-                continue
-            sims = query @ other.bank.T
-            kk = min(k, sims.shape[1])
-            table[:, j, :kk] = torch.topk(sims, kk, dim=1).values.numpy()
-        data[i].table = table
-        _Cache.save(cache_file, table=table, names=np.asarray(names))
+        tables = []
+        for v, query in enumerate(data[i].queries):
+            table = np.full((len(query), len(data), k), -np.inf, np.float32)
+            for j, other in enumerate(data):
+                if j == i or len(other.banks[v]) == 0:
+                    continue
+                sims = query @ other.banks[v].T
+                kk = min(k, sims.shape[1])
+                table[:, j, :kk] = torch.topk(sims, kk, dim=1).values.numpy()
+            tables.append(table)
+        data[i].tables = tables
+        _Cache.save(cache_file, names=np.asarray(names), **{f"view{v}": t for v, t in enumerate(tables)})
 
 
 def _knn_scores(table: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
@@ -273,18 +275,13 @@ def _knn_scores(table: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
     return np.where(np.isfinite(scores), scores, 2.0).astype(np.float32)
 
 
-def _view_grids(item: _ImageData, scores: np.ndarray, config: PipelineConfig) -> list[np.ndarray]:
-    """Per-view score grids as :class:`PatchScorer` makes them from the same raw scores."""
-    raw, offset = [], 0
-    for h, w in item.grids:
-        raw.append(scores[offset : offset + h * w])
-        offset += h * w
-    if len(item.grids) > 1 and config.score_normalization == "median":
-        smoothed = [grid_from_scores(r, g, None, config.score_smoothing_sigma) for r, g in zip(raw, item.grids)]
-        return median_normalized_grids([(g, None) for g in smoothed])
+def _view_grids(item: _ImageData, allowed: np.ndarray, config: PipelineConfig, offsets: list[float]
+                ) -> list[np.ndarray]:
+    """Per-view score grids as :class:`PatchScorer` makes them (its search, normalisation and view offsets)."""
     return [
-        grid_from_scores(r, g, None, config.score_smoothing_sigma, config.score_normalization)
-        for r, g in zip(raw, item.grids)
+        grid_from_scores(_knn_scores(table, allowed, config.k), grid, None, config.score_smoothing_sigma,
+                         config.score_normalization) + np.float32(offset)
+        for table, grid, offset in zip(item.tables, item.grids, offsets)
     ]
 
 
@@ -293,30 +290,35 @@ def _score_map(item: _ImageData, grids: list[np.ndarray]) -> np.ndarray:
     return fuse_view_scores(score_map, list(zip(item.boxes[1:], grids[1:])))
 
 
-def _fold_calibration_scores(data: list[_ImageData], allowed: np.ndarray, config: PipelineConfig
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """Source-holdout calibration scores of the fold's bank: each bank image against the others."""
-    image_scores, patch_scores = [], []
-    for b in allowed:
-        item = data[b]
-        if len(item.bank_rows) == 0:
-            continue
-        others = allowed[allowed != b]
-        scores = _knn_scores(item.table[item.bank_rows], others, config.k)
-        if config.score_normalization == "median":  # as leave_one_out_scores normalises a bank frame
-            scores = clip_normalized(subtract_frame_median(scores, scores < 2.0), "median")
-        patch_scores.append(scores[scores < 2.0])
-        image_scores.append(float(scores.max()))
-    return np.asarray(image_scores, np.float32), np.concatenate(patch_scores)
+def _fold_calibration(data: list[_ImageData], allowed: np.ndarray, config: PipelineConfig) -> dict[str, Any]:
+    """The calibration ``semanom-bank build`` gives the fold's bank: per view, source holdout."""
+    views = []
+    for v in range(len(data[0].queries)):
+        image_scores, patch_scores = [], []
+        for b in allowed:
+            item = data[b]
+            if len(item.bank_rows[v]) == 0:
+                continue
+            others = allowed[allowed != b]
+            scores = _knn_scores(item.tables[v][item.bank_rows[v]], others, config.k)
+            if config.score_normalization == "median":  # as leave_one_out_scores normalises a bank frame
+                scores = clip_normalized(subtract_frame_median(scores, scores < 2.0), "median")
+            patch_scores.append(scores[scores < 2.0])
+            image_scores.append(float(scores.max()))
+        views.append(calibration_from_scores(
+            np.asarray(image_scores, np.float32), np.concatenate(patch_scores), alpha=config.alpha,
+            level=config.calibration_level, k=config.k, smoothing_sigma=config.score_smoothing_sigma,
+            method="road benchmark fold", normalization=config.score_normalization,
+        ))
+    return dict(views[0], views=views[1:]) if len(views) > 1 else views[0]
 
 
-def _threshold_at(scores: tuple[np.ndarray, np.ndarray], config: PipelineConfig, alpha: float) -> float:
-    calibration = calibration_from_scores(
-        scores[0], scores[1], alpha=alpha, level=config.calibration_level, k=config.k,
-        smoothing_sigma=config.score_smoothing_sigma, method="road benchmark fold",
-        normalization=config.score_normalization,
-    )
-    return float(calibration["threshold"])
+def _operating_point(calibration: dict[str, Any], config: PipelineConfig, alpha: float) -> tuple[float, list[float]]:
+    """(threshold, view offsets) at ``alpha``, as the Monitor derives them from a bank's calibration."""
+    at = config.replace(alpha=alpha)
+    threshold = calibration["threshold"] if alpha == config.alpha else threshold_for_alpha(
+        calibration, alpha, config.calibration_level)
+    return float(threshold), view_offsets(calibration, at)
 
 
 def run_road_benchmark(
@@ -350,16 +352,18 @@ def run_road_benchmark(
     components = ComponentMetrics()
     score_ms = []
     sweep = {(a, m): [0, 0] for a in options.alphas for m in options.min_areas}  # (hits, frames w/ false comp.)
+    calibrations = []
     for fold in range(folds):
         allowed = np.flatnonzero(fold_of != fold)
-        calibration_scores = _fold_calibration_scores(data, allowed, config)
-        threshold = _threshold_at(calibration_scores, config, config.alpha)
-        sweep_thresholds = {a: _threshold_at(calibration_scores, config, a) for a in options.alphas}
+        calibration = _fold_calibration(data, allowed, config)
+        calibrations.append(calibration)
+        threshold, offsets = _operating_point(calibration, config, config.alpha)
+        sweep_points = {a: _operating_point(calibration, config, a) for a in options.alphas}
         thresholds.append(threshold)
         for i in np.flatnonzero(fold_of == fold):
             t0 = time.perf_counter()
             item, labels = data[i], label_maps[i]
-            score_map = _score_map(item, _view_grids(item, _knn_scores(item.table, allowed, config.k), config))
+            score_map = _score_map(item, _view_grids(item, allowed, config, offsets))
             mask, component_labels, _ = threshold_components(score_map, threshold, config.min_component_area_px)
             score_ms.append((time.perf_counter() - t0) * 1e3)
             stride = options.pixel_stride
@@ -373,7 +377,10 @@ def run_road_benchmark(
             if options.keep_maps:
                 maps[item.name] = score_map
             for (alpha, min_area), counts in sweep.items():
-                swept = frame_outcome(threshold_components(score_map, sweep_thresholds[alpha], min_area)[1], labels,
+                swept_threshold, swept_offsets = sweep_points[alpha]
+                swept_map = score_map if swept_offsets == offsets else _score_map(
+                    item, _view_grids(item, allowed, config, swept_offsets))
+                swept = frame_outcome(threshold_components(swept_map, swept_threshold, min_area)[1], labels,
                                       options.void_fraction)
                 counts[0] += swept.hit and swept.has_anomaly
                 counts[1] += swept.false_components > 0
@@ -382,7 +389,7 @@ def run_road_benchmark(
         {"alpha": a, "min_area_px": m, "frames_hit": hits, "frames_with_false_component": false}
         for (a, m), (hits, false) in sweep.items()
     ]
-    report["engine_check"] = _engine_check(config, extractor, items, data, fold_of, thresholds[0], options)
+    report["engine_check"] = _engine_check(config, extractor, items, data, fold_of, calibrations[0], options)
     report["timings"] = {
         "forward_ms_median": float(np.median([d.forward_ms for d in data])),
         "protocol_map_ms_median": float(np.median(score_ms)),
@@ -423,7 +430,7 @@ def _report(config: PipelineConfig, options: RoadBenchmarkOptions, root: Any, da
             "void_fraction": options.void_fraction,
         },
         "config": config.to_dict(),
-        "bank_vectors_per_image_mean": float(np.mean([len(d.bank) for d in data])),
+        "bank_vectors_per_image_mean": float(np.mean([sum(len(b) for b in d.banks) for d in data])),
         "thresholds": thresholds,
         "pixel": {k: pixels.get(k) for k in ("auroc", "ap", "fpr_at_95_tpr", "n_pixels", "n_anomalous_pixels")},
         "components": components.result(),
@@ -437,26 +444,33 @@ def _report(config: PipelineConfig, options: RoadBenchmarkOptions, root: Any, da
 
 
 def _engine_check(config: PipelineConfig, extractor: FeatureExtractor, items: list[RoadImage],
-                  data: list[_ImageData], fold_of: np.ndarray, threshold: float,
+                  data: list[_ImageData], fold_of: np.ndarray, calibration: dict[str, Any],
                   options: RoadBenchmarkOptions) -> dict[str, Any]:
     """Score a few fold-0 images through a Monitor on fold 0's bank: the protocol's maps must agree."""
     test = np.flatnonzero(fold_of == 0)[: options.engine_check_images]
     if len(test) == 0:
         return {}
     bank = NominalBank(extractor.signature(), kind="patch", config=config.to_dict())
-    for b in np.flatnonzero(fold_of != 0):
-        if len(data[b].bank):
-            bank.add_frame(data[b].bank.numpy(), source=data[b].name, index=int(b))
-    # Exact search, as the protocol's: an approximate index (auto above 50,000 vectors) would differ by its recall.
-    monitor = Monitor(config.replace(threshold=threshold, index_type="flat"), bank, extractor=extractor)
     allowed = np.flatnonzero(fold_of != 0)
+    for b in allowed:
+        item = data[b]
+        rows = [np.where(v == 0, (r // w).astype(np.int64), -v) for v, (r, (_, w)) in
+                enumerate(zip(item.bank_rows, item.grids))]
+        cols = [np.where(v == 0, (r % w).astype(np.int64), -1) for v, (r, (_, w)) in
+                enumerate(zip(item.bank_rows, item.grids))]
+        bank.add_frame(torch.cat(item.banks).numpy(), source=item.name, index=int(b), rows=np.concatenate(rows),
+                       cols=np.concatenate(cols), grid=item.grids[0])
+    bank.calibration = calibration
+    # Exact search, as the protocol's: an approximate index (auto above 50,000 vectors) would differ by its recall.
+    threshold, offsets = _operating_point(calibration, config, config.alpha)
+    monitor = Monitor(config.replace(threshold=threshold, index_type="flat"), bank, extractor=extractor)
     diffs, ms = [], []
     for i in test:
         features: Features = extractor.extract(read_rgb(items[i].image))
         t0 = time.perf_counter()
         result = monitor.score_features(features)
         ms.append((time.perf_counter() - t0) * 1e3)
-        expected = _score_map(data[i], _view_grids(data[i], _knn_scores(data[i].table, allowed, config.k), config))
+        expected = _score_map(data[i], _view_grids(data[i], allowed, config, offsets))
         diffs.append(float(np.abs(result.score_map - expected).max()))
     return {"images": len(test), "max_abs_score_diff": max(diffs), "score_ms_median": float(np.median(ms))}
 

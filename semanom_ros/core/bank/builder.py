@@ -90,6 +90,7 @@ class PatchBankBuilder(BankBuilder):
     ) -> None:
         super().__init__(config)
         self.extractor = extractor or FeatureExtractor.from_config(config)
+        self.extractor.check_views(config)
         sig = self.extractor.signature()
         if bank is not None:
             check_signature(bank.signature, sig, where="existing bank")
@@ -107,7 +108,7 @@ class PatchBankBuilder(BankBuilder):
         if not feat.views:
             keep = None if ignore_px is None else ~self.ignore.patch_mask(ignore_px, feat.grid_shape)
             return self.bank.add_patch_grid(feat.patches, keep=keep, **frame_provenance(frame))
-        # Crop views: their patches join the frame's in the bank (row/col -1: not on the full grid).
+        # Crop views: their patches join the frame's in the bank with row -v (view v), col -1.
         height, width = feat.image_size
         parts = [((0, height, 0, width), feat.patches)] + [(view.box, view.patches) for view in feat.views]
         vectors, rows, cols = [], [], []
@@ -119,7 +120,7 @@ class PatchBankBuilder(BankBuilder):
                 keep = ~self.ignore.patch_mask(ignore_px[top:bottom, left:right], (h, w)).reshape(-1)
             r, c = np.divmod(np.arange(h * w), w)
             vectors.append(flat[keep])
-            rows.append(r[keep] if view_index == 0 else np.full(int(keep.sum()), -1))
+            rows.append(r[keep] if view_index == 0 else np.full(int(keep.sum()), -view_index))
             cols.append(c[keep] if view_index == 0 else np.full(int(keep.sum()), -1))
         return self.bank.add_frame(
             np.concatenate(vectors), rows=np.concatenate(rows), cols=np.concatenate(cols), grid=feat.grid_shape,

@@ -218,6 +218,11 @@ class ManifestChecker:
             self.need(drive, "frames", "an integer >= 1", lambda v: is_int(v, 1), prefix=f"{p}drive.")
         for key in ("frames_scored", "patches_scored", "sources"):
             self.need(cal, key, "an integer >= 0", lambda v: is_int(v, 0), prefix=p, required=False)
+        views = self.need(cal, "views", "a list of calibration objects (one per crop view)",
+                          lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), prefix=p,
+                          required=False)
+        for view in views or []:
+            self.check_calibration(view)
         for level in ("patch", "image"):
             key = f"{level}_scores"
             scores = self.need(cal, key, "an object (min, max, mean, quantiles, table)",

@@ -126,6 +126,7 @@ class NominalBank:
         self._num_vectors = 0
         self._num_frames = 0
         self.search_index = SearchIndex(self)
+        self._view_banks: dict[int, "NominalBank"] = {}  # per-view sub-banks (crop views), built on first use
         self.warnings: list[str] = []  # non-fatal problems found while loading or indexing (shown by nodes/tools)
         self.checks: list[str] = []  # what loading checked, one line each (semanom-bank info --verify)
 
@@ -207,7 +208,66 @@ class NominalBank:
         self._num_vectors += n
         self._num_frames += 1
         self.search_index.invalidate()
+        self._view_banks.clear()
         return frame_id
+
+    # -- crop views ---------------------------------------------------------------------------
+    # A vector of crop view v (PipelineConfig.crop_views[v - 1]) is stored with row -v: it has no
+    # place on the full frame's grid. Full-frame vectors have row >= 0; row -1 without a grid only
+    # occurs in banks of precomputed vectors, which have no crop views (num_views 1).
+    def vector_views(self) -> np.ndarray:
+        """View of each vector: 0 = the full frame, v = crop view v (from its row, -v)."""
+        rows = self.vector_meta["row"].astype(np.int64)
+        if self.num_views() == 1:
+            return np.zeros(len(rows), np.int64)
+        return np.where(rows < 0, -rows, 0)
+
+    def num_views(self) -> int:
+        """1 + the number of crop views the bank was built with (its config's ``crop_views``)."""
+        return 1 + len(self.config.get("crop_views") or [])
+
+    def view_bank(self, view: int) -> "NominalBank":
+        """The bank of one view's vectors only (every frame and source kept), searched by that view's patches."""
+        if self.num_views() == 1:
+            return self
+        if view not in self._view_banks:
+            sub = self.subset(np.flatnonzero(self.vector_views() == view))
+            sub.set_index_spec(self.search_index.current_spec())
+            self._view_banks[view] = sub
+        return self._view_banks[view]
+
+    def subset(self, keep_ids: np.ndarray) -> "NominalBank":
+        """A new bank with only the vectors ``keep_ids`` (ascending), every frame and source kept.
+
+        Frames keep their table row (source, message ordinal, stamp, grid) even when none of their
+        vectors survive, so the frame ids - and the leave-one-out windows built on them - stay the
+        same as here. Calibration is not copied (it describes this bank).
+        """
+        keep_ids = np.asarray(keep_ids, np.int64)
+        if keep_ids.ndim != 1 or (len(keep_ids) and (keep_ids[0] < 0 or keep_ids[-1] >= len(self))):
+            raise ValueError(f"keep_ids must be ascending vector ids in [0, {len(self)})")
+        if len(keep_ids) > 1 and not (np.diff(keep_ids) > 0).all():
+            raise ValueError("keep_ids must be strictly ascending")
+        out = NominalBank(self.signature, kind=self.kind, config=self.config)
+        out.extra = dict(self.extra)
+        out.created_ns = self.created_ns
+        vectors, meta = self.vectors, self.vector_meta
+        for fr in self.frames:
+            start, n = int(fr["vec_start"]), int(fr["vec_count"])
+            lo, hi = np.searchsorted(keep_ids, [start, start + n])
+            ids = keep_ids[lo:hi]
+            src = self.sources[int(fr["source"])]
+            out.add_frame(
+                np.asarray(vectors[ids]), source=src.name, topic=src.topic, index=int(fr["index"]),
+                stamp_ns=int(fr["stamp_ns"]), rows=meta["row"][ids], cols=meta["col"][ids],
+                grid=(int(fr["grid_h"]), int(fr["grid_w"])),
+            )
+        # Same time ranges as here (add_frame only sees non-zero stamps of the frames).
+        originals = {(s.name, s.topic): s for s in self.sources}
+        for ours in out.sources:
+            theirs = originals[(ours.name, ours.topic)]
+            ours.first_stamp_ns, ours.last_stamp_ns = theirs.first_stamp_ns, theirs.last_stamp_ns
+        return out
 
     def add_patch_grid(
         self,

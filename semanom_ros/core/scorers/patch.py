@@ -13,7 +13,7 @@ from ..ignore import IgnoreMask
 from ..maps import fuse_view_scores, threshold_components, upsample_scores
 from ..prompts import PromptScorer, fuse_score_maps
 from ..result import AnomalyResult
-from ..scoring import image_score, majority_vote, median_normalized_grids, patch_score_grid
+from ..scoring import image_score, majority_vote, patch_score_grid, view_offsets
 from .base import Scorer
 
 
@@ -44,9 +44,11 @@ class PatchScorer(Scorer):
         self.prompt_scorer = PromptScorer.from_config(self.config)
 
     def view_grid(self, patches: np.ndarray, image_size: tuple[int, int], box: tuple[int, int, int, int] | None,
-                  extra_ignore: np.ndarray | None, normalization: str | None = None
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(score grid, ignored patches or None) of the full frame (``box`` None) or of one crop view."""
+                  extra_ignore: np.ndarray | None, view: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """(score grid, ignored patches or None) of the full frame (``box`` None) or of crop view ``view``.
+
+        Each view is searched in its own vectors of the bank (:meth:`NominalBank.view_bank`).
+        """
         grid_shape = (patches.shape[0], patches.shape[1])
         if box is None:
             ignore = self.ignore_patches(image_size, grid_shape)
@@ -61,8 +63,8 @@ class PatchScorer(Scorer):
         if extra is not None:
             ignore = extra if ignore is None else (ignore | extra)
         grid = patch_score_grid(
-            self.bank, patches, self.config.k, ignore, self.config.score_smoothing_sigma,
-            normalization=normalization or self.config.score_normalization,
+            self.bank.view_bank(view), patches, self.config.k, ignore, self.config.score_smoothing_sigma,
+            normalization=self.config.score_normalization,
         )
         return grid, ignore
 
@@ -75,19 +77,12 @@ class PatchScorer(Scorer):
         t0 = time.perf_counter()
         if extra_ignore is not None and extra_ignore.shape != features.image_size:
             raise ImageError(f"ignore mask shape {extra_ignore.shape} differs from the frame's {features.image_size}")
-        # With crop views the median is taken over all views' patches at once, as calibration does
-        # with a frame's vectors (the bank keeps a frame's views together).
-        joint_median = bool(features.views) and self.config.score_normalization == "median"
-        normalization = "none" if joint_median else None
-        grid, ignore = self.view_grid(features.patches, features.image_size, None, extra_ignore, normalization)
-        views = [
-            (view.box, *self.view_grid(view.patches, features.image_size, view.box, extra_ignore, normalization))
-            for view in features.views
-        ]
-        if joint_median:
-            grid, *rest = median_normalized_grids([(grid, ignore)] + [(g, i) for _, g, i in views])
-            views = [(box, g, i) for (box, _, i), g in zip(views, rest)]
-        view_grids = [(box, g) for box, g, _ in views]
+        grid, ignore = self.view_grid(features.patches, features.image_size, None, extra_ignore)
+        offsets = view_offsets(self.bank.calibration, self.config) if features.views else [0.0]
+        view_grids = []
+        for v, view in enumerate(features.views, start=1):
+            view_scores = self.view_grid(view.patches, features.image_size, view.box, extra_ignore, v)[0]
+            view_grids.append((view.box, view_scores + np.float32(offsets[v] if v < len(offsets) else 0.0)))
         t1 = time.perf_counter()
         weight = self.config.prompt_fusion_weight
         fused_prompts = self.prompt_scorer is not None and weight > 0 and rgb is not None
