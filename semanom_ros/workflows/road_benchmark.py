@@ -181,7 +181,8 @@ class _Cache:
                                    config.feature_layer, [[float(v) for v in box] for box in config.crop_views]])
         self.features_key = hashlib.blake2b(features_key.encode(), digest_size=8).hexdigest()
         self.table_key = hashlib.blake2b(
-            json.dumps([self.features_key, options.bank_fraction, config.k]).encode(), digest_size=8).hexdigest()
+            json.dumps(["per-view", self.features_key, options.bank_fraction, config.k]).encode(), digest_size=8
+        ).hexdigest()
 
     def path(self, kind: str, name: str) -> Path | None:
         if self.root is None:
