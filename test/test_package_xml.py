@@ -47,6 +47,8 @@ IMPORTS_WITHOUT_KEY = {
     "backports": "backports.zstd, installed with rosbags on Python < 3.14",
     "compression": "compression.zstd, the standard library from Python 3.14 on",
     "sam2": "optional SAM 2 predictor backend, pip only (no rosdep key); README says how to install it",
+    "ray": "optional fleet builds (semanom-bank build --ray), imported only then; pip only (requirements.txt, "
+           "no rosdep key)",
 }
 # Declared, but not imported by our code.
 KEYS_WITHOUT_IMPORT = {

@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     px = (report["pixel"] or {}).get("overall") or {}
 
     def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
+        return _number(v, 4)
 
     print(
         f"{report['meta']['n_frames']} frames: image AUROC {fmt(img['auroc'])}, AUPRC {fmt(img['auprc'])}, "
@@ -210,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report["warnings"]:
         print(f"{len(report['warnings'])} warning(s); see report.md", file=sys.stderr)
     return 0
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _fail(exc: Exception) -> int:
@@ -242,14 +246,10 @@ def road_anomaly_main(args: argparse.Namespace, overrides: dict[str, Any]) -> in
     except (SemanomError, EvalDataError, OSError) as exc:
         return _fail(exc)
     px, comp, fr = report["pixel"], report["components"], report["frames"]
-
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
     print(
-        f"{fr['n_frames']} images, {args.folds} folds: pixel AP {fmt(px['ap'])}, AUROC {fmt(px['auroc'])}, "
-        f"FPR95 {fmt(px['fpr_at_95_tpr'])}; sIoU {fmt(comp['siou'])}, PPV {fmt(comp['ppv'])}, mean F1 "
-        f"{fmt(comp['mean_f1'])}; frames hit {fr['frames_hit']}/{fr['anomalous_frames']}, frames with a false "
+        f"{fr['n_frames']} images, {args.folds} folds: pixel AP {_number(px['ap'])}, AUROC {_number(px['auroc'])}, "
+        f"FPR95 {_number(px['fpr_at_95_tpr'])}; sIoU {_number(comp['siou'])}, PPV {_number(comp['ppv'])}, mean F1 "
+        f"{_number(comp['mean_f1'])}; frames hit {fr['frames_hit']}/{fr['anomalous_frames']}, frames with a false "
         f"component {fr['frames_with_false_component']}/{fr['n_frames']}. Report: {Path(args.output) / 'report.md'}"
     )
     return 0
