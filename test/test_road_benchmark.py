@@ -1,6 +1,7 @@
 """Issue #14: feature_layer, crop views, the road-anomaly K-fold benchmark and the cross-drive mode."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -235,6 +236,9 @@ def test_crop_views_validate_and_fuse_by_maximum(tiny_model):
     assert len(builder.bank.view_bank(1)) == 3 * crop_h * crop_w
     assert len(builder.bank.view_bank(0)) == 3 * feats.grid_shape[0] * feats.grid_shape[1]
     assert len(calibration["views"]) == 1
+    spec = dataclasses.replace(builder.bank.search_index.current_spec(), type="hnsw")
+    builder.bank.set_index_spec(spec)  # a Monitor's index settings reach the views' own indexes
+    assert builder.bank.view_bank(1).search_index.current_spec().type == "hnsw"
     full_only = PatchBankBuilder(cfg.replace(crop_views=[]))
     full_only.add_all(SimpleNamespace(rgb=textured_frame(s), source="a", index=s, stamp_ns=s) for s in range(3))
     assert calibration["threshold"] == pytest.approx(full_only.calibrate()["threshold"], abs=1e-6)

@@ -355,8 +355,19 @@ class NominalBank:
         return self.search_index.info
 
     def set_index_spec(self, spec: IndexSpec | None) -> None:
-        """Choose the index strategy (None = from the bank's config); see SearchIndex.set_spec."""
+        """Choose the index strategy (None = from the bank's config); see SearchIndex.set_spec.
+
+        Crop views' banks already built follow (each keeps its own index of its own vectors).
+        """
         self.search_index.set_spec(spec)
+        for view_bank in self._view_banks.values():
+            view_bank.set_index_spec(spec)
+
+    def release_search(self) -> None:
+        """Drop the searchable indexes, the crop views' too (GPU memory); the next search rebuilds them."""
+        self.search_index.release()
+        for view_bank in self._view_banks.values():
+            view_bank.search_index.release()
 
     def warn(self, message: str) -> None:
         """Record and log a non-fatal problem (shown by nodes and tools)."""

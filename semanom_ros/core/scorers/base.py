@@ -42,8 +42,8 @@ class Scorer:
         raise NotImplementedError
 
     def release(self) -> None:
-        """Free models and the bank's searchable index (lifecycle cleanup)."""
-        self.bank.search_index.release()
+        """Free models and the bank's searchable indexes (lifecycle cleanup)."""
+        self.bank.release_search()
 
 
 __all__ = ["Scorer"]
