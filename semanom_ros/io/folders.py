@@ -12,7 +12,21 @@ import numpy as np
 
 from .frame_types import IMAGE_EXTENSIONS, Frame, SkipStats, SkipWarner, check_selection_args, natural_key
 
-__all__ = ["image_files", "iter_folder_frames"]
+__all__ = ["image_files", "iter_folder_frames", "read_image_file"]
+
+
+def read_image_file(file: Path) -> tuple[np.ndarray | None, str]:
+    """(RGB uint8 frame, "") of an image file, or (None, why it could not be read)."""
+    try:
+        # np.fromfile + imdecode instead of imread: handles non-ASCII paths and reports OSErrors.
+        data = np.fromfile(file, dtype=np.uint8)
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        reason = "empty file" if not data.size else "not a decodable image"
+    except (OSError, cv2.error) as exc:
+        bgr, reason = None, str(exc).strip()
+    if bgr is None:
+        return None, reason
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), ""
 
 
 def image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -88,19 +102,12 @@ def _folder_frames(
         if last_emit is not None and stamp - last_emit < min_interval_ns:
             stats.min_interval += 1
             continue
-        try:
-            # np.fromfile + imdecode instead of imread: handles non-ASCII paths and reports OSErrors.
-            data = np.fromfile(file, dtype=np.uint8)
-            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-            reason = "empty file" if not data.size else "not a decodable image"
-        except (OSError, cv2.error) as exc:
-            bgr, reason = None, str(exc).strip()
-        if bgr is None:
+        rgb, reason = read_image_file(file)
+        if rgb is None:
             stats.decode_error += 1
             warner.item(f"Image file {str(file)!r} could not be read ({reason}); skipped")
             continue
         last_emit = stamp
         yielded += 1
         stats.yielded += 1
-        rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         yield Frame(rgb=rgb, source=src, index=index, stamp_ns=stamp, topic=None, name=file.name)

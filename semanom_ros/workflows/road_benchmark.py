@@ -44,6 +44,7 @@ from semanom_ros.core.scoring import (
     view_offsets,
 )
 from semanom_ros.core.threads import configure_threads
+from semanom_ros.io.folders import read_image_file
 from semanom_ros.io.frame_types import natural_key
 
 from .eval_data import EvalDataError
@@ -111,11 +112,10 @@ def read_label_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise EvalDataError(f"image {path}: not a decodable image")
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    rgb, reason = read_image_file(path)
+    if rgb is None:
+        raise EvalDataError(f"image {path}: {reason}")
+    return rgb
 
 
 @dataclass
